@@ -1,0 +1,76 @@
+# GuideGen — `make help` lists the targets. `make demo` and `make test` set themselves up.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BASE ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The torch pair installed before the project (overridable: make setup TORCH_SPEC="torch==X ...").
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.guidegen-installed
+DATA ?= data/phantom
+N_CASES ?= 200
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+PYTEST_ARGS ?=
+
+.PHONY: help setup test test-slow demo data train-text train-stage1 train-vae train-stage2 \
+        generate evaluate bench lint clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## Create .venv, install $(TORCH_SPEC), then the project (-e .[dev]); idempotent
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
+	@$(PY) -c "import torch, torchvision" 2>/dev/null || \
+	  $(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@touch $(STAMP)
+
+test: setup ## Run the fast test suite (CI runs this)
+	$(PY) -m pytest -m "not slow" --durations=20 $(PYTEST_ARGS)
+
+test-slow: setup ## Run the slow tests too
+	$(PY) -m pytest --durations=20 $(PYTEST_ARGS)
+
+demo: setup ## Generate example outputs (phantom cases and previews) into outputs/demo
+	$(PY) -m pipelines.demo --out outputs/demo
+
+data: setup ## Write the phantom dataset to $(DATA) (N_CASES cases, JOBS processes; resumable)
+	$(PY) -m shared.data.build --out $(DATA) --n-cases $(N_CASES) --jobs $(JOBS)
+
+train-text: setup ## Report<->anatomy CLIP pretraining on the phantom (not built yet)
+	@if [ -f stage1_mask/clip_module.py ]; then $(PY) -m stage1_mask fit -c stage1_mask/configs/clip/phantom.yaml; \
+	 else echo "train-text: the CLIP pretraining module does not exist yet (issue: text path)"; exit 2; fi
+
+train-stage1: setup ## Train the stage-1 mask sampler on the phantom (not built yet)
+	@if [ -f stage1_mask/cli.py ]; then $(PY) -m stage1_mask fit -c stage1_mask/configs/phantom.yaml; \
+	 else echo "train-stage1: stage 1 does not exist yet (issue: stage 1)"; exit 2; fi
+
+train-vae: setup ## Train the CT slice VAE on the phantom (not built yet)
+	@if [ -f stage2_ct/cli.py ]; then $(PY) -m stage2_ct fit -c stage2_ct/configs/vae/phantom.yaml; \
+	 else echo "train-vae: stage 2 does not exist yet (issue: stage 2)"; exit 2; fi
+
+train-stage2: setup ## Train VAE (if needed) then the slice LDM (not built yet)
+	@if [ -f stage2_ct/cli.py ]; then $(PY) -m stage2_ct fit -c stage2_ct/configs/ldm/phantom.yaml; \
+	 else echo "train-stage2: stage 2 does not exist yet (issue: stage 2)"; exit 2; fi
+
+generate: setup ## Batch generation from a prompt file (not built yet)
+	@if [ -f pipelines/run.py ]; then $(PY) -m pipelines.run $(ARGS); \
+	 else echo "generate: pipelines/run.py does not exist yet (issue: pipeline)"; exit 2; fi
+
+evaluate: setup ## Evaluate generated cases (not built yet)
+	@if [ -f pipelines/evaluate.py ]; then $(PY) -m pipelines.evaluate $(ARGS); \
+	 else echo "evaluate: pipelines/evaluate.py does not exist yet (issue: evaluation)"; exit 2; fi
+
+bench: setup ## Run the benchmarks in bench/ (prints tables, writes bench/results/*.json)
+	@set -e; for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f; done
+
+lint: setup ## ruff + the import-layer contract
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+clean: ## Remove caches and outputs (keeps .venv and data/)
+	rm -rf outputs .pytest_cache .ruff_cache .hypothesis lightning_logs

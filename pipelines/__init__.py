@@ -1,0 +1,1 @@
+"""Inference pipelines: text -> findings -> mask -> CT; batch generation, evaluation, export."""

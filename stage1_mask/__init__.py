@@ -1,0 +1,1 @@
+"""Stage 1: volumetric CCDM mask sampler conditioned on the report (and the report<->anatomy CLIP)."""
