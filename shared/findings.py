@@ -174,7 +174,7 @@ class Findings:
             parts = []
             for t in self.tumors:
                 where = f"{t.site} colon" if t.site not in (None, "rectum") else (t.site or "colon")
-                parts.append(where + (f" {round(t.size_mm)} mm" if t.size_mm else ""))
+                parts.append(where + (f" {max(1, min(999, round(t.size_mm)))} mm" if t.size_mm else ""))
             tumor = "tumor: " + ", ".join(parts)
         else:
             tumor = "tumor: none"
