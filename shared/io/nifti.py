@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
@@ -120,3 +121,20 @@ def read_header(path: str | Path) -> tuple[tuple[int, ...], np.ndarray]:
     if np.any(spacing <= 0):
         raise NiftiError(f"{path}: zero or negative spacing {tuple(spacing)}")
     return shape, _affine_from_lps(spacing, reader.GetOrigin(), reader.GetDirection())
+
+
+def reorient_to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Permute/flip the axes of a (X, Y, Z) array so index axes point R, A, S.
+
+    Returns (array, new affine); world coordinates of every voxel are unchanged.
+    """
+    ornt = nib.orientations.io_orientation(affine)
+    transform = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt("RAS"))
+    out = nib.orientations.apply_orientation(array, transform)
+    new_affine = affine @ nib.orientations.inv_ornt_aff(transform, array.shape)
+    return out, new_affine
+
+
+def voxel_spacing(affine: np.ndarray) -> np.ndarray:
+    """Voxel size in mm along each array axis."""
+    return np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)

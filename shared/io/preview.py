@@ -3,7 +3,7 @@ for docs, demo and the pipeline).
 
 Radiological convention: the patient's right is on the image's left, anterior at the top of
 axial images, head at the top of coronal images; "R" and "L" markers say so. Arrays of any
-orientation are first brought to RAS with nibabel's orientation tools.
+orientation are first brought to RAS (shared.io.nifti.reorient_to_ras).
 """
 
 from __future__ import annotations
@@ -15,24 +15,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
 from shared.io.atomic import atomic_path  # noqa: E402
+from shared.io.nifti import reorient_to_ras, voxel_spacing  # noqa: E402
 from shared.labels import LabelTable, default_labels  # noqa: E402
 
 WINDOW = (40.0, 400.0)  # soft-tissue level / width in HU
-
-
-def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reorient (X, Y, Z) + affine to RAS axis order; returns (array, voxel spacing in mm)."""
-    ornt = nib.orientations.io_orientation(affine)
-    ras = nib.orientations.axcodes2ornt(("R", "A", "S"))
-    transform = nib.orientations.ornt_transform(ornt, ras)
-    out = nib.orientations.apply_orientation(array, transform)
-    spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
-    spacing = spacing[np.argsort(ornt[:, 0].astype(int))]  # input axis -> RAS axis
-    return out, spacing
 
 
 def axial_image(volume: np.ndarray, k: int) -> np.ndarray:
@@ -81,8 +70,10 @@ def save_preview(
     """Write a PNG: `n_axial` axial slices and one coronal slice, CT windowed, labels overlaid
     (left half of each pair plain CT, right half with overlay). Returns the path."""
     table = table or default_labels()
-    ct, spacing = to_ras(np.asarray(ct_hu, dtype=np.float32), affine)
-    lab = to_ras(np.asarray(labels), affine)[0] if labels is not None else np.zeros(ct.shape, np.uint8)
+    ct, ras_affine = reorient_to_ras(np.asarray(ct_hu, dtype=np.float32), affine)
+    spacing = voxel_spacing(ras_affine)
+    lab = (reorient_to_ras(np.asarray(labels), affine)[0] if labels is not None
+           else np.zeros(ct.shape, np.uint8))
     ks = list(axial_slices) if axial_slices is not None else default_axial_slices(lab, n_axial)
     j = int(np.nonzero(lab.any(axis=(0, 2)))[0].mean()) if lab.any() else ct.shape[1] // 2
     panels = [(axial_image(ct, k), axial_image(lab, k), spacing[1] / spacing[0], f"axial z={k}")
@@ -112,3 +103,26 @@ def save_preview(
         fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: python -m shared.io.preview CT.nii.gz [LABELS.nii.gz] --out preview.png"""
+    import argparse
+
+    from shared.io.nifti import read_nifti
+
+    parser = argparse.ArgumentParser(description="Axial + coronal preview of a CT and its labels.")
+    parser.add_argument("ct")
+    parser.add_argument("labels", nargs="?")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--title", default=None)
+    parser.add_argument("--n-axial", type=int, default=4)
+    args = parser.parse_args(argv)
+    ct, affine = read_nifti(args.ct)
+    labels = read_nifti(args.labels)[0] if args.labels else None
+    print(save_preview(args.out, ct, labels, affine, title=args.title, n_axial=args.n_axial))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
