@@ -127,3 +127,17 @@ def test_artifact_wrong_weights_named(tmp_path):
     (tmp_path / "t.yaml").write_text(spec)
     with pytest.raises(ArtifactError, match="t.safetensors"):
         load_component(tmp_path / "t", allowed_prefixes=("tests.",))
+
+
+def test_reorient_to_ras_keeps_world_coordinates():
+    from shared.io.nifti import reorient_to_ras
+
+    flip = np.diag([-2.0, 3.0, -4.0, 1.0])  # L, A, I axes
+    flip[:3, 3] = [50, -10, 80]
+    arr = np.random.default_rng(0).integers(0, 9, (4, 5, 6))
+    out, aff = reorient_to_ras(arr, flip)
+    assert nib.aff2axcodes(aff) == ("R", "A", "S") and out.shape == arr.shape
+    for idx in [(0, 0, 0), (3, 4, 5), (1, 2, 3)]:
+        world = flip @ np.array([*idx, 1.0])
+        new_idx = np.linalg.solve(aff, world)[:3].round().astype(int)
+        assert out[tuple(new_idx)] == arr[idx]
