@@ -11,7 +11,7 @@ liver dome, z = 0 the pelvic floor); the default grid 128 x 128 x 80 at 3 x 3 x 
 
 Pipeline: habitus -> tissue map painted in priority order (body wall, lungs, skeleton, muscles,
 vessels, colon + tumours, kidneys, liver, spleen, stomach, duodenum, pancreas, bladder, small
-bowel) -> labels and HU by table look-up -> smooth texture -> partial-volume blur -> correlated
+bowel; then pelvic bones and hip muscles into the unlabelled tissue left) -> labels and HU by table look-up -> smooth texture -> partial-volume blur -> correlated
 noise of exactly NOISE_SIGMA_HU -> int16. The anatomy depends on the seed only: imposing other
 findings (e.g. an enlarged spleen) changes that organ and nothing else.
 """
@@ -108,8 +108,13 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), 0x9A27, stream])
 
 
-def build_anatomy(seed: int, findings: Findings, grid: PhantomGrid = PhantomGrid()) -> Anatomy:
-    """Paint the tissue map of one case (priority = painting order) and collect its meta."""
+def build_anatomy(seed: int, findings: Findings, grid: PhantomGrid = PhantomGrid(),
+                  pelvis: bool = True) -> Anatomy:
+    """Paint the tissue map of one case (priority = painting order) and collect its meta.
+
+    pelvis=False leaves out the pelvic bones and hip muscles (painted last, into unlabelled
+    tissue only, from their own random stream): the label map is identical either way.
+    """
     canvas = Canvas(grid)
     body = body_mod.Body.sample(_rng(seed, 1))
     body_mod.paint_body(canvas, body)
@@ -136,6 +141,7 @@ def build_anatomy(seed: int, findings: Findings, grid: PhantomGrid = PhantomGrid
     bladder = organs.paint_bladder(canvas, body, _rng(seed, 13), findings.bladder == "distended")
     ileocaecal = line["points"][0] + np.array([-0.2 * body.ac0, -5.0, 22.0])
     organs.paint_small_bowel(canvas, body, _rng(seed, 14), duodenum["dj_flexure_mm"], ileocaecal)
+    pelvis_meta = body_mod.paint_pelvis(canvas, body, _rng(seed, 16)) if pelvis else {}
 
     hu = sample_hu(_rng(seed, 15), fatty_liver=findings.liver == "fatty")
     meta = {
@@ -148,6 +154,7 @@ def build_anatomy(seed: int, findings: Findings, grid: PhantomGrid = PhantomGrid
         "vessels": {"aorta_x_mm": round(vessels["aorta_x"], 1), "ivc_x_mm": round(vessels["ivc_x"], 1),
                     "aortic_bifurcation_z_mm": round(vessels["z_bifurcation"], 1)},
         "colon": colon_mod.colon_meta(line),
+        "pelvis": pelvis_meta,
         "tumors": [{"site": t["site"], "size_mm": round(2 * t["radius"], 1),
                     "centre_mm": np.round(t["centre"], 1).tolist(),
                     "arclength_mm": round(float(t["arclength"]), 1),

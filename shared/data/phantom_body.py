@@ -231,3 +231,128 @@ def paint_vessels(canvas: Canvas, body: Body, rng: np.random.Generator) -> dict:
     paint_tube(canvas, sma, [4.5, 4, 3.5], T.ARTERY)
     return {"confluence": confluence, "splenic_hilum": hilum, "porta": porta,
             "aorta_x": xa, "ivc_x": xv, "z_bifurcation": z_bif}
+
+
+# ---------------------------------------------------------------------------------------------
+PELVIS_INTO = (T.FAT, T.MUSCLE, T.SUBCUT_FAT)  # unlabelled tissues pelvic bone may replace
+
+
+def paint_pelvis(canvas: Canvas, body: Body, rng: np.random.Generator) -> dict:
+    """Pelvic girdle and hip muscles: iliac wings, acetabula, femoral heads / necks / greater
+    trochanters, pubic rami and symphysis, ischia; gluteal muscles and iliacus.
+
+    Painted last, into unlabelled tissue only (bone into fat / muscle / subcutaneous fat, muscles
+    into fat), so no labelled organ, vessel or the spine is ever displaced: the label map is the
+    same with or without the pelvis. Where an organ reaches into the pelvic wall the bone is
+    simply cut by it. Returns landmarks (mm) for the meta.
+    """
+    z_crest = rng.uniform(-62, -48)  # top of the iliac crest (~ L4/5)
+    z_hip = rng.uniform(-184, -176)  # femoral head centre
+    r_head = rng.uniform(21, 25)
+    xs_hip = rng.uniform(0.64, 0.70)  # head centre |x| / cavity half-width
+    flare = rng.uniform(0.86, 0.94)  # wing half-width at the crest / cavity half-width
+    wing_t = rng.uniform(7, 10)  # wing thickness at the crest (mm)
+    glut = rng.uniform(26, 40)  # gluteal thickness lateral / posterior to the wing (mm)
+    neck_ang = np.deg2rad(rng.uniform(125, 135))  # neck-shaft angle
+    antev = np.deg2rad(rng.uniform(8, 18))  # femoral anteversion
+
+    ac_hip = float(body.ac(z_hip))
+    hx, hy = xs_hip * ac_hip, body.yc + rng.uniform(-0.08, 0.05) * body.bc0
+    y_front = float(body.yc + body.bc_ant(-195.0))
+    lo = np.array([-float(body.ac(-200.0)) - body.wall - body.fat, body.yc - body.bc0 - body.wall - 2, -400.0])
+    hi = np.array([-lo[0], y_front + 2, z_crest + 2])
+    box = canvas.box(lo, hi)
+    if box is None:
+        return {}
+    x, y, z = canvas.coords(box)
+    ax = np.abs(x)
+    tissue = canvas.tissue[box]
+    ys = body.spine_y(z)  # (1, 1, nz)
+    ac = body.ac(z)
+    cav = body.cavity_norm(x, y, z) <= 1
+
+    # -- iliac wing: an arc of an ellipse in each axial plane, from the sacroiliac joint (posterior)
+    # to the anterior superior iliac spine; narrowing and thickening down toward the acetabulum.
+    u = smoothstep(z, z_crest, z_hip + r_head + 8)  # 0 at the crest, 1 at the acetabular roof
+    aw = flare * ac * (1 - u) + (hx + r_head + 4) * u  # half-width of the wing ellipse
+    th_p = np.arccos(np.clip(46.0 / aw, -1, 1))  # the sacroiliac joint at |x| ~ 46 mm  # polar angle of the SI end below the x axis
+    bw = 62.0 + 10 * u
+    yw = ys + bw * np.sin(th_p) - 4  # ellipse centre y: SI end sits at the sacral level
+    xn, yn = ax / aw, (y - yw) / bw
+    rn = np.sqrt(xn**2 + yn**2)
+    theta = np.arctan2(yn, xn)  # 0 lateral, + anterior
+    th_ant = np.deg2rad(38 - 30 * u)  # anterior end (ASIS high, acetabular rim low)
+    th_post = -th_p * (1 - 0.55 * smoothstep(z, -140.0, -165.0))  # SI joint ends below ~ S3
+    scale = np.sqrt((aw * np.cos(theta)) ** 2 + (bw * np.sin(theta)) ** 2)
+    dist = (rn - 1) * scale  # ~ signed distance from the wing mid-surface (mm, + outward)
+    thick = wing_t + 16 * u**1.5
+    in_arc = (theta >= th_post) & (theta <= th_ant) & (z <= z_crest)
+    taper = np.minimum(np.minimum(theta - th_post, th_ant - theta) * scale / 6.0, 1.0)  # rounded ends
+    half = 0.5 * thick * np.clip(taper, 0.3, 1.0)
+    wing = in_arc & (np.abs(dist) <= half)
+    wing_core = wing & (np.abs(dist) <= half - 2.5)
+
+    # -- femoral head, neck, greater trochanter; acetabular cup; ischium; pubic rami + symphysis
+    xyz_r = (ax, y, z)  # both sides by mirror symmetry
+    hc = np.array([hx, hy, z_hip])
+    d_head = np.sqrt((ax - hx) ** 2 + (y - hy) ** 2 + (z - z_hip) ** 2)
+    head = d_head <= r_head
+    # neck direction: lateral and down (neck-shaft angle), slightly posterior (anteversion seen from
+    # the head the neck runs back toward the trochanter)
+    nd = np.array([np.cos(neck_ang - np.pi / 2) * np.cos(antev), -np.sin(antev),
+                   -np.sin(neck_ang - np.pi / 2)])
+    nd /= np.linalg.norm(nd)
+    troch = hc + nd * (r_head + 30)
+    rel = np.stack(np.broadcast_arrays(ax - hx, y - hy, z - z_hip), 0)
+    tpar = np.clip(np.tensordot(nd, rel, axes=1), 0, r_head + 30)
+    perp = np.sqrt(np.maximum((rel**2).sum(0) - tpar**2, 0.0))
+    neck = perp <= 14.0
+    gt = ellipsoid_field(xyz_r, troch + np.array([6, -4, 6]), (16, 19, 22)) < 0
+    shaft_top = ellipsoid_field(xyz_r, troch + np.array([2, 0, -30]), (15, 15, 30)) < 0
+    # acetabulum: a thick cup around the head, open laterally / inferiorly / anteriorly
+    cup_dir = np.array([-0.55, -0.15, 0.82])
+    cup_dir /= np.linalg.norm(cup_dir)
+    cosang = np.tensordot(cup_dir, rel, axes=1) / np.maximum(d_head, 1e-3)
+    cup = (d_head > r_head + 1.5) & (d_head <= r_head + 13) & (cosang > -0.15)
+    roof_gap = (d_head > r_head) & (d_head <= r_head + 1.5) & (cosang > -0.15)  # joint space
+    ischium = ellipsoid_field(xyz_r, hc + np.array([-16, -34, -12]), (13, 18, 28)) < 0
+    y_sym = min(y_front - 14, body.yc + 0.55 * body.bc0 + 25)
+    z_sym = z_hip - 14
+    ramus_pts = np.array([hc + np.array([-14, 16, -2]), [hx * 0.45, y_sym - 6, z_sym + 4],
+                          [4.0, y_sym, z_sym]])
+    ramus = np.zeros(np.broadcast_shapes(ax.shape, y.shape, z.shape), dtype=bool)
+    for a, b, ra, rb in ((ramus_pts[0], ramus_pts[1], 11.0, 9.0), (ramus_pts[1], ramus_pts[2], 9.0, 10.0)):
+        ab = b - a
+        tt = np.clip(((ax - a[0]) * ab[0] + (y - a[1]) * ab[1] + (z - a[2]) * ab[2]) / (ab @ ab), 0, 1)
+        dd = np.sqrt((ax - a[0] - tt * ab[0]) ** 2 + (y - a[1] - tt * ab[1]) ** 2 + (z - a[2] - tt * ab[2]) ** 2)
+        ramus |= dd <= ra + tt * (rb - ra)
+    ramus &= ax >= 1.5  # symphyseal joint at the midline
+    low_bone = head | neck | gt | shaft_top | cup | ischium | ramus
+    # cancellous cores: surfaces in from each solid by ~2.5 mm
+    low_core = ((d_head <= r_head - 2.5) | (perp <= 11.0) | (ellipsoid_field(xyz_r, troch + np.array([6, -4, 6]), (13, 16, 19)) < 0)
+                | (ellipsoid_field(xyz_r, troch + np.array([2, 0, -30]), (12, 12, 27)) < 0)
+                | ((d_head > r_head + 4) & (d_head <= r_head + 10.5) & (cosang > -0.05))
+                | (ellipsoid_field(xyz_r, hc + np.array([-16, -34, -12]), (10, 15, 25)) < 0))
+
+    # -- muscles: iliacus on the inner wing surface, gluteals outside the wing and behind the hip
+    iliacus = (in_arc & (dist < -half) & (dist >= -half - 10 - 8 * u) & (theta > th_post + 0.15)
+               & (z <= z_crest - 8))
+    glute_band = ((theta >= th_post - 0.5) & (theta <= th_ant - 0.25) & (dist > half)
+                  & (dist <= half + glut * (0.6 + 0.6 * u)) & (z <= z_crest - 5))
+    y_post = body.yc - body.bc0
+    gmax = ((z < -120) & (ax > 0.25 * ac) & (ax < hx + r_head + 35) & (y < hy - r_head - 4)
+            & (y > y_post - 2) & (y < ys + 40))
+    hip_muscle = (d_head <= r_head + 30) & (z < z_hip + r_head) & ~cup  # short rotators / obturator
+    muscle = (iliacus | glute_band | gmax | hip_muscle) & cav
+
+    fat = tissue == T.FAT
+    tissue[muscle & fat] = T.MUSCLE
+    bone = (wing | low_bone) & np.isin(tissue, PELVIS_INTO)
+    core = (wing_core | (low_core & low_bone)) & bone
+    tissue[bone] = T.CORTEX
+    tissue[core] = T.BONE
+    gap = roof_gap & (tissue == T.FAT)
+    tissue[gap] = T.MUSCLE
+    return {"iliac_crest_z_mm": round(float(z_crest), 1),
+            "femoral_head_mm": [round(float(hx), 1), round(float(hy), 1), round(float(z_hip), 1)],
+            "femoral_head_radius_mm": round(float(r_head), 1)}

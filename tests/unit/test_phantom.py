@@ -257,3 +257,51 @@ def test_findings_sampling_rates():
     assert abs(rate(lambda f: f.bladder == "distended") - 0.15) < 0.03
     assert abs(rate(lambda f: f.phase == "portal_venous") - 0.60) < 0.04
     assert {f.phase for f in draws} == {"portal_venous", "non_contrast"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Pelvic bones and hip muscles: present, bilateral, and never touching the labels
+# label hashes (sha256[:16]) of generate_case(seed) for seeds 0..4 at the default grid, computed
+# before the pelvis was added: the pelvis paints unlabelled tissue only
+LABEL_SHA_BEFORE_PELVIS = ("295931f04be7a4f9", "89cbe73fda01ddf8", "8ade4023ec2c9245",
+                           "eeaade1ea140bf9c", "4cdffd115acf8ab8")
+
+
+def test_pelvis_leaves_labels_unchanged(cases):
+    import hashlib
+
+    from shared.data.phantom_tissues import label_lut
+
+    for s in range(5):
+        assert hashlib.sha256(cases[s].labels.tobytes()).hexdigest()[:16] == LABEL_SHA_BEFORE_PELVIS[s]
+    for grid in (SMALL, PhantomGrid()):
+        for s in range(5) if grid == SMALL else (0, 12):
+            f = FORCED.get(s, sample_findings(np.random.default_rng(s)))
+            with_p = build_anatomy(s, f, grid)
+            without = build_anatomy(s, f, grid, pelvis=False)
+            assert np.array_equal(label_lut()[with_p.tissue], label_lut()[without.tissue])
+            changed = with_p.tissue != without.tissue
+            assert changed.any()
+            # only unlabelled soft tissue became bone / muscle
+            assert set(np.unique(without.tissue[changed])) <= {T.FAT, T.MUSCLE, T.SUBCUT_FAT}
+            assert set(np.unique(with_p.tissue[changed])) <= {T.BONE, T.CORTEX, T.MUSCLE}
+
+
+def test_pelvic_bones_bilateral_in_lowest_slices(cases):
+    for case in cases:
+        ct = case.ct
+        nx = ct.shape[0]
+        x_mm = (np.arange(nx) - 0.5 * (nx - 1)) * 3.0
+        lateral = np.abs(x_mm) > 55  # beyond the sacrum: iliac bones, acetabula, femora
+        low = ct[:, :, :6] > 500  # lowest 30 mm
+        right = low[x_mm > 0][lateral[x_mm > 0]].sum()
+        left = low[x_mm < 0][lateral[x_mm < 0]].sum()
+        assert right > 150 and left > 150, (case.seed, right, left)
+        assert 0.7 < right / left < 1.4, (case.seed, right, left)
+        # iliac wings at mid-pelvic levels (z ~ -100 mm), both sides
+        k = int(round((-100 + 197.5) / 5))
+        mid = ct[:, :, k] > 500
+        assert mid[x_mm > 55].sum() > 10 and mid[x_mm < -55].sum() > 10, case.seed
+        # femoral heads where hips are: lateral, at the lowest slices
+        head = case.meta["pelvis"]["femoral_head_mm"]
+        assert 80 < head[0] < 115 and -200 < head[2] < -170
