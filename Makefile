@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.guidegen-installed
 DATA ?= data/phantom
-N_CASES ?= 200
+N_CASES ?= 1000
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 PYTEST_ARGS ?=
 
@@ -41,21 +41,20 @@ demo: setup ## Generate example outputs (phantom cases and previews) into output
 data: setup ## Write the phantom dataset to $(DATA) (N_CASES cases, JOBS processes; resumable)
 	$(PY) -m shared.data.build --out $(DATA) --n-cases $(N_CASES) --jobs $(JOBS)
 
-train-text: setup ## Report<->anatomy CLIP pretraining on the phantom (not built yet)
-	@if [ -f stage1_mask/clip_module.py ]; then $(PY) -m stage1_mask fit -c stage1_mask/configs/clip/phantom.yaml; \
-	 else echo "train-text: the CLIP pretraining module does not exist yet (issue: text path)"; exit 2; fi
+$(DATA)/manifest.jsonl:
+	$(MAKE) data
 
-train-stage1: setup ## Train the stage-1 mask sampler on the phantom (not built yet)
-	@if [ -f stage1_mask/cli.py ]; then $(PY) -m stage1_mask fit -c stage1_mask/configs/phantom.yaml; \
-	 else echo "train-stage1: stage 1 does not exist yet (issue: stage 1)"; exit 2; fi
+train-text: setup $(DATA)/manifest.jsonl ## Report<->anatomy CLIP pretraining on the phantom
+	$(PY) -m stage1_mask.clip fit -c stage1_mask/configs/clip/phantom.yaml
 
-train-vae: setup ## Train the CT slice VAE on the phantom (not built yet)
-	@if [ -f stage2_ct/cli.py ]; then $(PY) -m stage2_ct fit -c stage2_ct/configs/vae/phantom.yaml; \
-	 else echo "train-vae: stage 2 does not exist yet (issue: stage 2)"; exit 2; fi
+train-stage1: setup $(DATA)/manifest.jsonl ## Train the stage-1 mask sampler on the phantom (resumable)
+	$(PY) -m stage1_mask fit -c stage1_mask/configs/phantom.yaml
 
-train-stage2: setup ## Train VAE (if needed) then the slice LDM (not built yet)
-	@if [ -f stage2_ct/cli.py ]; then $(PY) -m stage2_ct fit -c stage2_ct/configs/ldm/phantom.yaml; \
-	 else echo "train-stage2: stage 2 does not exist yet (issue: stage 2)"; exit 2; fi
+train-vae: setup $(DATA)/manifest.jsonl ## Train the CT slice VAE on the phantom (resumable)
+	$(PY) -m stage2_ct fit -c stage2_ct/configs/vae/phantom.yaml
+
+train-stage2: setup $(DATA)/manifest.jsonl ## Train the VAE (if no artifact is given), then the slice LDM
+	$(PY) -m stage2_ct fit -c stage2_ct/configs/ldm/phantom.yaml
 
 generate: setup ## Batch generation from a prompt file (not built yet)
 	@if [ -f pipelines/run.py ]; then $(PY) -m pipelines.run $(ARGS); \
