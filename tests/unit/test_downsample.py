@@ -5,8 +5,8 @@ from shared.data.downsample import downsample_labels, label_fractions, upsample_
 
 
 def _ball(shape, spacing, center_mm, diameter_mm):
-    grids = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij")
-    r2 = sum((g - c) ** 2 for g, c in zip(grids, center_mm))
+    grids = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing, strict=True)], indexing="ij")
+    r2 = sum((g - c) ** 2 for g, c in zip(grids, center_mm, strict=True))
     return r2 <= (diameter_mm / 2) ** 2
 
 
