@@ -141,3 +141,17 @@ def test_reorient_to_ras_keeps_world_coordinates():
         world = flip @ np.array([*idx, 1.0])
         new_idx = np.linalg.solve(aff, world)[:3].round().astype(int)
         assert out[tuple(new_idx)] == arr[idx]
+
+
+def test_atomic_write_has_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from shared.io.atomic import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "f.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
