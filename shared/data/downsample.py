@@ -32,9 +32,31 @@ def label_fractions(
         raise ValueError(f"labels of shape {tuple(t.shape)} do not match out_shape {tuple(out_shape)}")
     if int(t.min()) < 0 or int(t.max()) >= num_classes:
         raise ValueError(f"label values must lie in [0, {num_classes - 1}], got [{int(t.min())}, {int(t.max())}]")
-    onehot = F.one_hot(t, num_classes).movedim(-1, 1).float()  # (B, K, *S)
-    frac = F.interpolate(onehot, size=tuple(out_shape), mode="area")  # (B, K, *out)
+    in_shape = tuple(t.shape[1:])
+    if all(i % o == 0 for i, o in zip(in_shape, out_shape, strict=True)):
+        frac = _block_fractions(t, tuple(out_shape), num_classes)
+    else:  # non-integer factors: area interpolation of the one-hot volume
+        onehot = F.one_hot(t, num_classes).movedim(-1, 1).float()  # (B, K, *S)
+        frac = F.interpolate(onehot, size=tuple(out_shape), mode="area")  # (B, K, *out)
     return frac if batched else frac[0]
+
+
+def _block_fractions(t: torch.Tensor, out_shape: tuple[int, ...], num_classes: int) -> torch.Tensor:
+    """Exact area fractions for integer factors by counting labels per cell (no one-hot)."""
+    b = t.shape[0]
+    factors = [i // o for i, o in zip(t.shape[1:], out_shape, strict=True)]
+    # cell index of every fine voxel, then one bincount over (batch, cell, class)
+    cell = torch.zeros((), dtype=torch.long)
+    for d, (o, f) in enumerate(zip(out_shape, factors, strict=True)):
+        idx = torch.arange(o * f) // f  # fine -> coarse index along dim d
+        shape = [1] * len(out_shape)
+        shape[d] = -1
+        cell = cell * o + idx.view(shape)
+    n_cells = int(torch.tensor(out_shape).prod())
+    key = (torch.arange(b).view(-1, *[1] * len(out_shape)) * n_cells + cell) * num_classes + t
+    counts = torch.bincount(key.flatten(), minlength=b * n_cells * num_classes)
+    frac = counts.view(b, *out_shape, num_classes).movedim(-1, 1).float()
+    return frac / float(torch.tensor(factors).prod())
 
 
 def downsample_labels(

@@ -66,3 +66,14 @@ def test_upsample_probs_round_trip_of_blocks():
     assert up.shape == (1, 2, 8, 8, 4)
     labels = up.argmax(1)
     assert (labels[0, :3] == 1).all() and (labels[0, 5:] == 0).all()
+
+
+def test_block_counting_equals_area_interpolation():
+    g = torch.Generator().manual_seed(1)
+    lab = torch.randint(0, 6, (2, 12, 8, 6), generator=g)
+    fast = label_fractions(lab, (6, 4, 3), 6)
+    onehot = torch.nn.functional.one_hot(lab, 6).movedim(-1, 1).float()
+    ref = torch.nn.functional.interpolate(onehot, size=(6, 4, 3), mode="area")
+    torch.testing.assert_close(fast, ref)
+    odd = label_fractions(lab[0], (5, 3, 4), 6)  # non-integer factors take the other path
+    torch.testing.assert_close(odd.sum(0), torch.ones(5, 3, 4))
