@@ -1,10 +1,12 @@
 """Benchmark the default UNets against MONAI's DiffusionModelUNet of the same widths (CPU).
 
-    .venv/bin/python bench/bench_nets.py [--iters 3] [--monai-iters 2] [--threads 2]
+    .venv/bin/python bench/bench_nets.py [--iters 3] [--monai-iters 1] [--rounds 3] [--threads 2]
 
 Per config (net x 2D/3D x fp32/bf16 autocast) a fresh subprocess measures: forward time and
 train-step time (forward + backward + AdamW step), median over timed iterations after one
-warm-up; FLOPs of one forward and one forward+backward (torch.utils.flop_counter.FlopCounterMode);
+warm-up train step. The two nets of a config run interleaved (ours, MONAI, ours, MONAI, ... for `--rounds`
+rounds) so that load from other jobs hits both alike; a time is the median of the per-round
+medians. FLOPs (first round only) of one forward and one forward+backward (torch.utils.flop_counter.FlopCounterMode);
 peak memory as the increase of the process's peak RSS (resource.getrusage ru_maxrss) from
 after model/optimizer/input construction to the end of the runs. The machine's matmul peak is a
 2048^2 matmul in fp32 and bf16 in the same run. Prints a markdown table; writes
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -40,7 +43,7 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def run_one(net_kind: str, dims: str, precision: str, iters: int, threads: int) -> dict:
+def run_one(net_kind: str, dims: str, precision: str, iters: int, threads: int, flops: bool) -> dict:
     """Runs inside the subprocess."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -71,20 +74,27 @@ def run_one(net_kind: str, dims: str, precision: str, iters: int, threads: int) 
         opt.zero_grad(set_to_none=True)
 
     rss0 = _rss_mib()
+    train_step()  # warm-up (also warms the forward kernels)
     with torch.no_grad():
-        forward()  # warm-up
         fwd = []
         for _ in range(iters):
             t0 = time.perf_counter()
             forward()
             fwd.append(time.perf_counter() - t0)
-    train_step()  # warm-up
     trn = []
     for _ in range(iters):
         t0 = time.perf_counter()
         train_step()
         trn.append(time.perf_counter() - t0)
     peak = _rss_mib() - rss0
+    row = {
+        "net": net_kind, "dims": dims, "precision": precision, "shape": list(shape),
+        "params_M": sum(p.numel() for p in net.parameters()) / 1e6, "iters": iters,
+        "forward_s": statistics.median(fwd), "train_step_s": statistics.median(trn),
+        "peak_rss_delta_MiB": peak,
+    }
+    if not flops:
+        return row
     with FlopCounterMode(display=False) as fc:
         with torch.no_grad():
             forward()
@@ -92,14 +102,7 @@ def run_one(net_kind: str, dims: str, precision: str, iters: int, threads: int) 
     with FlopCounterMode(display=False) as fc:
         forward().float().square().mean().backward()
     train_flops = fc.get_total_flops()
-    f, tr = statistics.median(fwd), statistics.median(trn)
-    return {
-        "net": net_kind, "dims": dims, "precision": precision, "shape": list(shape),
-        "params_M": sum(p.numel() for p in net.parameters()) / 1e6, "iters": iters,
-        "forward_s": f, "train_step_s": tr, "peak_rss_delta_MiB": peak,
-        "forward_GFLOP": fwd_flops / 1e9, "train_GFLOP": train_flops / 1e9,
-        "forward_GFLOPs": fwd_flops / f / 1e9, "train_GFLOPs": train_flops / tr / 1e9,
-    }
+    return {**row, "forward_GFLOP": fwd_flops / 1e9, "train_GFLOP": train_flops / 1e9}
 
 
 def matmul_peak(threads: int) -> dict:
@@ -120,37 +123,49 @@ def matmul_peak(threads: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--monai-iters", type=int, default=2)
+    ap.add_argument("--monai-iters", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "bench/results/nets.json"))
     a = ap.parse_args()
     if a.one:
-        net_kind, dims, precision, iters = a.one.split(",")
-        print(json.dumps(run_one(net_kind, dims, precision, int(iters), a.threads)))
+        net_kind, dims, precision, iters, flops = a.one.split(",")
+        print(json.dumps(run_one(net_kind, dims, precision, int(iters), a.threads, flops == "1")))
         return
+    t_start, load_start = time.perf_counter(), os.getloadavg()[0]
     peak = matmul_peak(a.threads)
-    rows = []
+    rows, ratios = [], {}
     for dims in ("3d", "2d"):
         for precision in ("fp32", "bf16"):
-            for net_kind in ("guidegen", "monai"):
-                iters = a.iters if net_kind == "guidegen" else a.monai_iters
-                spec = f"{net_kind},{dims},{precision},{iters}"
-                res = subprocess.run(
-                    [sys.executable, __file__, "--one", spec, "--threads", str(a.threads)],
-                    capture_output=True, text=True, check=True, cwd=ROOT,
-                )
-                row = json.loads(res.stdout.strip().splitlines()[-1])
+            runs: dict[str, list[dict]] = {"guidegen": [], "monai": []}
+            for rnd in range(a.rounds):
+                for net_kind in ("guidegen", "monai"):
+                    iters = a.iters if net_kind == "guidegen" else a.monai_iters
+                    spec = f"{net_kind},{dims},{precision},{iters},{int(rnd == 0)}"
+                    res = subprocess.run(
+                        [sys.executable, __file__, "--one", spec, "--threads", str(a.threads)],
+                        capture_output=True, text=True, check=True, cwd=ROOT,
+                    )
+                    runs[net_kind].append(json.loads(res.stdout.strip().splitlines()[-1]))
+                    print(f"done {spec}: train {runs[net_kind][-1]['train_step_s']:.2f} s",
+                          file=sys.stderr, flush=True)
+            for rs in runs.values():
+                row = {**rs[0], "rounds": len(rs),
+                       "forward_s": statistics.median(r["forward_s"] for r in rs),
+                       "train_step_s": statistics.median(r["train_step_s"] for r in rs),
+                       "train_step_s_per_round": [r["train_step_s"] for r in rs],
+                       "peak_rss_delta_MiB": max(r["peak_rss_delta_MiB"] for r in rs)}
+                row["forward_GFLOPs"] = row["forward_GFLOP"] / row["forward_s"]
+                row["train_GFLOPs"] = row["train_GFLOP"] / row["train_step_s"]
                 row["train_pct_peak"] = 100 * row["train_GFLOPs"] / peak[precision]
                 rows.append(row)
-                print(f"done {spec}: train {row['train_step_s']:.2f} s", file=sys.stderr, flush=True)
-    ratios = {}
-    for dims in ("3d", "2d"):
-        for precision in ("fp32", "bf16"):
-            g, m = (next(r for r in rows if (r["net"], r["dims"], r["precision"]) == (k, dims, precision))
-                    for k in ("guidegen", "monai"))
+            g, m = rows[-2], rows[-1]
             ratios[f"{dims}_{precision}"] = {
                 "train": m["train_step_s"] / g["train_step_s"], "forward": m["forward_s"] / g["forward_s"],
+                "train_per_round": [mr["train_step_s"] / gr["train_step_s"]
+                                    for gr, mr in zip(runs["guidegen"], runs["monai"], strict=True)],
+                "train_GFLOP": m["train_GFLOP"] / g["train_GFLOP"],
             }
     hdr = ("| net | dims | prec | params (M) | fwd (s) | train step (s) | peak RSS delta (MiB) "
            "| train GFLOP | train GFLOP/s | % of matmul peak |")
@@ -162,9 +177,14 @@ def main() -> None:
         print(f"| {r['net']} | {r['dims']} | {r['precision']} | {r['params_M']:.2f} | {r['forward_s']:.3f} "
               f"| {r['train_step_s']:.3f} | {r['peak_rss_delta_MiB']:.0f} | {r['train_GFLOP']:.1f} "
               f"| {r['train_GFLOPs']:.1f} | {r['train_pct_peak']:.0f} |")
-    print("\nMONAI / GuideGen time ratio:")
+    print("\nMONAI / GuideGen ratio (time: median over rounds; per round in brackets):")
     for k, v in ratios.items():
-        print(f"- {k}: train step {v['train']:.2f}x, forward {v['forward']:.2f}x")
+        per = ", ".join(f"{r:.2f}" for r in v["train_per_round"])
+        print(f"- {k}: train step {v['train']:.2f}x [{per}], forward {v['forward']:.2f}x, "
+              f"train GFLOP {v['train_GFLOP']:.2f}x")
+    wall, load_end = time.perf_counter() - t_start, os.getloadavg()[0]
+    print(f"\nwhole run: {wall / 60:.1f} min; 1-min load average {load_start:.1f} at start, "
+          f"{load_end:.1f} at end ({os.cpu_count()} CPUs)")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
@@ -172,6 +192,7 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": a.threads,
                     "torch": torch.__version__},
+        "rounds": a.rounds, "wall_s": wall, "load_avg_1min": [load_start, load_end],
         "matmul_peak_GFLOPs": peak, "rows": rows, "monai_over_guidegen": ratios,
     }, indent=2))
 

@@ -1,1 +1,2 @@
-"""Stage 2: slice-autoregressive latent diffusion for CT, and the VAE training module."""
+"""Stage 2: CT slice autoencoder training (VAEModule) and the conditional slice latent diffusion
+model (SliceLDMModule, generate_volume). Imports only `shared`."""

@@ -16,13 +16,16 @@ from shared.nets.unet import UNet
 __all__ = ["UNET_PRESETS", "build_unet", "build_monai_unet"]
 
 UNET_PRESETS: dict[str, dict[str, Any]] = {
-    # Stage 1: 12-class one-hot volume 64 x 64 x 40 -> 12 x0 logits. Full resolution holds only
-    # conv_in (16 ch), the skip and conv_out (no ResBlock there); self+cross attention only at
-    # 8x8x5 (+ middle): attention at 16x16x10 as well costs ~+30% train-step time (measured).
+    # Stage 1: 12-class one-hot volume 64 x 64 x 40 -> 12 x0 logits. A 2x2x2 space-to-depth stem
+    # (patch_size=2; a linear patch embedding, stem_kernel_size=1) and a 3x3 depth-to-space head:
+    # no conv runs at full resolution. Levels at 32x32x20 (32 ch), 16x16x10 (64), 8x8x5 (128);
+    # self+cross attention only at 8x8x5 + middle (global receptive field); decoder skips are
+    # added, not concatenated (-14% FLOPs). See
+    # docs/benchmarks.md for parameters, FLOPs and the comparison with MONAI.
     "stage1_phantom": dict(
-        spatial_dims=3, in_channels=12, out_channels=12, channels=[16, 32, 64, 128],
-        num_res_blocks=[0, 1, 1, 1], attention_levels=[False, False, False, True], context_dim=512,
-        head_dim=32, norm_groups=8,
+        spatial_dims=3, in_channels=12, out_channels=12, channels=[32, 64, 128],
+        num_res_blocks=[1, 1, 1], attention_levels=[False, False, True], context_dim=512,
+        head_dim=32, norm_groups=8, patch_size=2, stem_kernel_size=1, additive_skips=True,
     ),
     # Stage 2: latent slices 4 x 32 x 32; input = noisy latent (4) + previous latent (4) + mask
     # one-hot (12); slice position (1) through the extra embedding. <= 8M parameters.
@@ -54,11 +57,12 @@ def build_unet(preset: str, **overrides: Any) -> tuple[UNet, dict[str, Any]]:
 
 def build_monai_unet(
     spatial_dims: int, in_channels: int, out_channels: int, channels: list[int],
-    num_res_blocks: int, attention_levels: list[bool], context_dim: int | None,
+    num_res_blocks: int | list[int], attention_levels: list[bool], context_dim: int | None,
     head_dim: int = 32, norm_groups: int = 8, **_: Any,
 ) -> torch.nn.Module:
     """MONAI's DiffusionModelUNet of the same widths (optional alternative, and the benchmark
-    baseline). Extra UNet-only args (extra_embed_dim, dropout) are ignored.
+    baseline). UNet-only args (extra_embed_dim, dropout, patch_size, additive_skips,
+    stem_kernel_size) are ignored: MONAI's level 0 runs at full resolution.
 
     Its forward is `net(x, timesteps, context=...)`; it has no key padding mask.
     """

@@ -13,8 +13,14 @@ leaves only conv_in, the skip and conv_out at full resolution, which is where CP
 * Transformer blocks (self-attention + cross-attention to `context` (B, L, context_dim) with a
   key padding mask `context_mask` (B, L) bool, True = real token + feed-forward) only at the
   levels flagged in `attention_levels`; all attention uses F.scaled_dot_product_attention.
-* Inputs whose spatial size is not a multiple of 2^(levels-1) are zero-padded at the end of each
-  axis and the output is cropped back, so any size works (e.g. 8 x 8 x 5).
+* `patch_size` p > 1: a space-to-depth stem (each p^dims block of voxels becomes p^dims * C_in
+  channels, lossless) before conv_in, and a depth-to-space head (conv_out predicts
+  p^dims * C_out channels per coarse voxel) after it, so no convolution runs at full resolution
+  (Shi et al. 2016's pixel shuffle; the "patchify" stem of ViT/DiT in convolutional form).
+* `additive_skips`: decoder adds the encoder skip instead of concatenating it (fewer input
+  channels for the first decoder conv); default off.
+* Inputs whose spatial size is not a multiple of patch_size * 2^(levels-1) are zero-padded at the
+  end of each axis and the output is cropped back, so any size works (e.g. 8 x 8 x 5).
 * No zero-initialised layers: at step 0 every parameter gets a gradient.
 """
 
@@ -27,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["UNet", "timestep_embedding"]
+__all__ = ["UNet", "depth_to_space", "space_to_depth", "timestep_embedding"]
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
@@ -40,6 +46,28 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     args = t.float()[:, None] * freqs[None]  # (B, half)
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     return F.pad(emb, (0, dim % 2))
+
+
+def space_to_depth(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, C, *S) -> (B, C * p^d, *S/p): each p^d block of voxels becomes channels (lossless)."""
+    if p == 1:
+        return x
+    b, c, *spatial = x.shape
+    d = len(spatial)
+    x = x.reshape(b, c, *(n for s in spatial for n in (s // p, p)))  # (B, C, S1/p, p, S2/p, p, ...)
+    x = x.permute(0, 1, *range(3, 3 + 2 * d, 2), *range(2, 2 + 2 * d, 2))  # (B, C, p.., S1/p, ..)
+    return x.reshape(b, c * p**d, *(s // p for s in spatial))
+
+
+def depth_to_space(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Inverse of `space_to_depth`: (B, C * p^d, *S) -> (B, C, *S*p)."""
+    if p == 1:
+        return x
+    b, cp, *spatial = x.shape
+    d = len(spatial)
+    x = x.reshape(b, cp // p**d, *(p,) * d, *spatial)  # (B, C, p.., S1, S2, ..)
+    x = x.permute(0, 1, *(i for k in range(d) for i in (2 + d + k, 2 + k)))  # (B, C, S1, p, S2, p, ..)
+    return x.reshape(b, cp // p**d, *(s * p for s in spatial))
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -137,6 +165,14 @@ class UNet(nn.Module):
         norm_groups: GroupNorm groups (gcd with the channel count is used).
         extra_embed_dim: size of the optional `cond_vector` added to the time embedding (0 = off).
         dropout: ResBlock dropout.
+        patch_size: space-to-depth stem / depth-to-space head factor per spatial axis (1 = off;
+            2 = level 0 runs at half resolution with 2^dims times the input channels).
+        additive_skips: add encoder skips in the decoder instead of concatenating them.
+        stem_kernel_size: kernel of conv_in (odd). With patch_size 2, 1 makes it the DiT-style
+            linear patch embedding: a 3x3 conv on 2^dims * C_in channels is one of the costliest
+            of a small net, and the ResBlocks after it mix neighbours anyway. The head (conv_out)
+            stays 3x3: a 1x1 head must decode 2^dims * C_out logits from channels[0] features
+            of one cell, which measurably loses isolated voxels (tests/unit/test_unet.py).
 
     forward(x (B, C_in, *S), t (B,) or scalar, context (B, L, D) | None, context_mask (B, L) bool
     | None, cond_vector (B, extra_embed_dim) | None) -> (B, C_out, *S).
@@ -155,6 +191,9 @@ class UNet(nn.Module):
         norm_groups: int = 8,
         extra_embed_dim: int = 0,
         dropout: float = 0.0,
+        patch_size: int = 1,
+        additive_skips: bool = False,
+        stem_kernel_size: int = 3,
     ) -> None:
         super().__init__()
         if spatial_dims not in _CONV:
@@ -163,10 +202,16 @@ class UNet(nn.Module):
             raise ValueError(
                 f"attention_levels has {len(attention_levels)} entries for {len(channels)} levels"
             )
+        if patch_size < 1 or stem_kernel_size < 1 or stem_kernel_size % 2 == 0:
+            raise ValueError(
+                f"need patch_size >= 1 and an odd stem_kernel_size, got {patch_size}, {stem_kernel_size}"
+            )
         conv = _CONV[spatial_dims]
         self.spatial_dims, self.extra_embed_dim = spatial_dims, extra_embed_dim
         self.context_dim = context_dim or None
-        self.multiple = 2 ** (len(channels) - 1)
+        self.patch_size, self.additive_skips = patch_size, additive_skips
+        self.multiple = patch_size * 2 ** (len(channels) - 1)
+        cells = patch_size**spatial_dims  # voxels per stem cell
         ch0, emb_dim = channels[0], 4 * max(channels[0], 32)
         self.time_mlp = nn.Sequential(nn.Linear(ch0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.extra_mlp = (
@@ -185,7 +230,7 @@ class UNet(nn.Module):
         )
         if len(n_blocks) != len(channels):
             raise ValueError(f"num_res_blocks has {len(n_blocks)} entries for {len(channels)} levels")
-        self.conv_in = conv(in_channels, ch0, 3, padding=1)
+        self.conv_in = conv(in_channels * cells, ch0, stem_kernel_size, padding=stem_kernel_size // 2)
         self.down_blocks, self.down_attn, self.downsamples = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         ch = ch0
         for i, (c, n, use_attn) in enumerate(zip(channels, n_blocks, attention_levels, strict=True)):
@@ -201,7 +246,7 @@ class UNet(nn.Module):
         transpose = _CONV_T[spatial_dims]
         for i in reversed(range(len(channels))):
             c, n, use_attn = channels[i], n_blocks[i], attention_levels[i]
-            ch = ch + skip_ch[i]  # concatenated skip
+            ch = ch if additive_skips else ch + skip_ch[i]  # added or concatenated skip
             self.up_blocks.append(nn.ModuleList(res(ch if r == 0 else c, c) for r in range(n)))
             self.up_attn.append(nn.ModuleList(attn(c, use_attn) for _ in range(n)))
             ch = c if n > 0 else ch
@@ -209,7 +254,7 @@ class UNet(nn.Module):
             self.upsamples.append(transpose(ch, channels[i - 1], 2, stride=2) if i > 0 else nn.Identity())
             ch = channels[i - 1] if i > 0 else ch
         self.norm_out = _norm(ch, norm_groups)
-        self.conv_out = conv(ch, out_channels, 3, padding=1)
+        self.conv_out = conv(ch, out_channels * cells, 3, padding=1)
 
     def forward(
         self,
@@ -236,7 +281,7 @@ class UNet(nn.Module):
         pad = [(-s) % self.multiple for s in spatial]
         if any(pad):  # F.pad takes (last_lo, last_hi, ..., first_lo, first_hi)
             x = F.pad(x, [p for q in reversed(pad) for p in (0, q)])
-        h = self.conv_in(x)
+        h = self.conv_in(space_to_depth(x, self.patch_size))
         skips = []
         for blocks, attns, down in zip(self.down_blocks, self.down_attn, self.downsamples, strict=True):
             for block, at in zip(blocks, attns, strict=True):
@@ -245,11 +290,12 @@ class UNet(nn.Module):
             h = down(h)
         h = self.mid2(self._attn(self.mid_attn, self.mid1(h, emb), context, context_mask), emb)
         for blocks, attns, up in zip(self.up_blocks, self.up_attn, self.upsamples, strict=True):
-            h = torch.cat([h, skips.pop()], dim=1)
+            skip = skips.pop()
+            h = h + skip if self.additive_skips else torch.cat([h, skip], dim=1)
             for block, at in zip(blocks, attns, strict=True):
                 h = self._attn(at, block(h, emb), context, context_mask)
             h = up(h)
-        out = self.conv_out(F.silu(self.norm_out(h)))
+        out = depth_to_space(self.conv_out(F.silu(self.norm_out(h))), self.patch_size)
         if any(pad):
             out = out[(..., *(slice(0, s) for s in spatial))]
         return out

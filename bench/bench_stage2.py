@@ -1,0 +1,123 @@
+"""Benchmark stage-2 sampling (CPU): seconds per slice and per 80-slice volume.
+
+    .venv/bin/python bench/bench_stage2.py [--ldm weights/stage2_ldm_phantom] [--threads 2]
+
+Configurations: 1000-step DDPM (the naive baseline: fp32, batch 1, CFG as two passes) and
+50 / 20 / 10-step DDIM; fp32 vs bf16 autocast; 1 vs 8 volumes per batch; with and without
+classifier-free guidance (CFG pair batched in one forward). A DDPM step costs exactly one network
+evaluation like a DDIM step, so the 1000-step rows are timed on `--ddpm-timed-steps` steps and
+extrapolated linearly (stated in the table). Each configuration generates `--slices` slices of
+128 x 128 (plus their VAE decode) after a warm-up; s/volume = s/slice x 80. Uses the trained
+phantom artifacts when present (timings do not depend on the weights), else random weights of
+the same phantom configuration. Prints a markdown table; writes bench/results/stage2.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+N_SLICES_VOLUME = 80
+
+
+def build_module(ldm: str | None, vae: str | None):
+    import yaml
+
+    from shared.vae.autoencoder import SliceAutoencoder
+    from stage2_ct.ldm_module import SliceLDMModule, load_slice_ldm
+
+    if ldm and Path(ldm).with_suffix(".safetensors").is_file():
+        module = load_slice_ldm(ldm, vae_path=vae)
+        return module, module.vae, "trained artifacts"
+    cfg = yaml.safe_load((ROOT / "stage2_ct/configs/ldm/phantom.yaml").read_text())["model"]["init_args"]
+    vcfg = yaml.safe_load((ROOT / "stage2_ct/configs/vae/phantom.yaml").read_text())["model"]["init_args"]
+    module = SliceLDMModule(vae_path=None, vae_config=None, unet_overrides=cfg["unet_overrides"],
+                            text_encoder=cfg["text_encoder"], scheduler=cfg["scheduler"]).eval()
+    return module, SliceAutoencoder(**vcfg["vae"]).eval(), "random weights, phantom config"
+
+
+def time_config(module, vae, steps: int, batch: int, cfg: bool, bf16: bool, batch_cfg: bool,
+                n_slices: int) -> float:
+    """Seconds per slice of one volume (wall time / (n_slices), batch volumes at once / batch)."""
+    from stage2_ct.generate import generate_volume
+
+    masks = torch.zeros(batch, 128, 128, n_slices, dtype=torch.long)
+    masks[:, 30:90, 30:90] = 4
+    texts = ["tumor: none. spleen: normal. liver: normal. kidneys: both present. bladder: normal. "
+             "phase: portal venous."] * batch
+    g = torch.Generator().manual_seed(0)
+    kw = dict(steps=steps, guidance=1.5 if cfg else 1.0, autocast=bf16, batch_cfg=batch_cfg)
+    generate_volume(module, vae, masks[..., :1], texts, g, **{**kw, "steps": 1})  # warm-up
+    t0 = time.perf_counter()
+    generate_volume(module, vae, masks, texts, g, **kw)
+    return (time.perf_counter() - t0) / n_slices / batch
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ldm", default=str(ROOT / "weights/stage2_ldm_phantom"))
+    p.add_argument("--vae", default=str(ROOT / "weights/stage2_vae_phantom"))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--slices", type=int, default=2)
+    p.add_argument("--ddpm-timed-steps", type=int, default=10)
+    p.add_argument("--out", default=str(ROOT / "bench/results/stage2.json"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    module, vae, weights = build_module(args.ldm, args.vae)
+    with torch.no_grad():
+        n_params = sum(x.numel() for x in module.denoiser.parameters())
+    rows = []
+    # (label, steps, timed steps, batch, cfg, bf16, batch_cfg)
+    configs = [("DDPM 1000 (naive: fp32, batch 1, CFG 2 passes)", 1000, args.ddpm_timed_steps, 1, True, False, False)]
+    for steps in (50, 20, 10):
+        configs.append((f"DDIM {steps}", steps, steps, 8, True, True, True))
+    for bf16 in (False, True):
+        for batch in (1, 8):
+            for cfg in (False, True):
+                configs.append(("DDIM 20", 20, 20, batch, cfg, bf16, True))
+    configs.append(("DDPM 1000", 1000, args.ddpm_timed_steps, 8, True, True, True))
+    seen = set()
+    for label, steps, timed, batch, cfg, bf16, bcfg in configs:
+        key = (steps, batch, cfg, bf16, bcfg)
+        if key in seen:
+            continue
+        seen.add(key)
+        s_slice = time_config(module, vae, timed, batch, cfg, bf16, bcfg, args.slices) * steps / timed
+        row = {"sampler": label, "steps": steps, "timed_steps": timed, "batch": batch, "cfg": cfg,
+               "precision": "bf16" if bf16 else "fp32", "s_per_slice": s_slice,
+               "s_per_volume": s_slice * N_SLICES_VOLUME, "extrapolated": timed != steps}
+        rows.append(row)
+        print(f"{label:48s} batch {batch} cfg {cfg!s:5} {row['precision']}: {s_slice:.3f} s/slice "
+              f"{row['s_per_volume']:.1f} s/volume", flush=True)
+    base = rows[0]["s_per_volume"]
+    lines = ["| sampler | steps | volumes/batch | CFG | precision | s/slice | s/volume (80 slices) | speed-up vs naive |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        steps = f"{r['steps']} (timed {r['timed_steps']}, extrapolated)" if r["extrapolated"] else str(r["steps"])
+        lines.append(f"| {r['sampler']} | {steps} | {r['batch']} | {'yes' if r['cfg'] else 'no'} | "
+                     f"{r['precision']} | {r['s_per_slice']:.3f} | {r['s_per_volume']:.1f} | "
+                     f"{base / r['s_per_volume']:.0f}x |")
+    table = "\n".join(lines)
+    print(f"\nstage-2 sampling, {args.threads} threads, UNet {n_params / 1e6:.2f}M params ({weights})\n")
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(), "machine": platform.processor()
+                               or platform.machine(), "threads": args.threads, "unet_params": n_params,
+                               "weights": weights, "rows": rows, "table": table}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

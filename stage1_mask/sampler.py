@@ -1,0 +1,202 @@
+"""The stage-1 mask sampler as an inference component: text encoder + UNet + categorical scheduler.
+
+`MaskSampler` is what the LightningModule trains (and keeps an EMA copy of) and what the
+component artifact stores; `sample_masks` is the one sampling entry point (validation, the
+evaluation script, the future pipeline); `export_stage1` / `load_stage1` write and read the
+artifact (shared.io.artifact: safetensors + yaml, no pickle).
+
+Conditioning: the text tokens (B, L, W) go to the UNet's cross-attention, the pooled text
+embedding (B, E) is added to the time embedding (`cond_vector`). Classifier-free guidance
+combines the x0 logits of the text and the learned null condition, both in ONE batched forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from shared.diffusion import CategoricalScheduler, sample_loop
+from shared.findings import Findings
+from shared.io.artifact import load_component, read_component_spec, save_component
+from shared.nets import build_unet
+from shared.text.encoder import TextEncoder
+
+log = logging.getLogger(__name__)
+
+Context = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # tokens (B, L, W), mask (B, L), pooled (B, E)
+
+
+class MaskSampler(nn.Module):
+    """Text encoder + 3D UNet predicting x0 logits of a K-class label volume.
+
+    Args:
+        num_classes: K (from labels.yaml).
+        unet_preset: name in shared.nets.UNET_PRESETS; `unet_overrides` change single fields.
+        text_encoder: TextEncoder keyword arguments, or None when the encoder comes from a
+            separate (frozen) artifact attached with `attach_text_encoder`.
+        text_dims: (width W, pooled dim E) of the encoder; needed only when `text_encoder` is None.
+        scheduler: CategoricalScheduler keyword arguments (num_classes is added).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        unet_preset: str = "stage1_phantom",
+        unet_overrides: dict[str, Any] | None = None,
+        text_encoder: dict[str, Any] | None = None,
+        text_dims: Sequence[int] | None = None,
+        scheduler: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.text_encoder: TextEncoder | None = TextEncoder(**text_encoder) if text_encoder else None
+        if self.text_encoder is not None:
+            width, pooled = self.text_encoder.width, self.text_encoder.embed_dim
+        elif text_dims is not None:
+            width, pooled = (int(d) for d in text_dims)
+        else:
+            raise ValueError("give text_encoder (kwargs) or text_dims (width, pooled dim)")
+        overrides = {"in_channels": num_classes, "out_channels": num_classes, "context_dim": width,
+                     "extra_embed_dim": pooled, **(unet_overrides or {})}
+        self.unet, self.unet_args = build_unet(unet_preset, **overrides)
+        self.scheduler = CategoricalScheduler(num_classes, **(scheduler or {}))
+        self.num_classes = num_classes
+        self.config = {"num_classes": num_classes, "unet_preset": unet_preset,
+                       "unet_overrides": dict(unet_overrides or {}), "text_encoder": text_encoder,
+                       "text_dims": [width, pooled], "scheduler": dict(scheduler or {})}
+
+    def attach_text_encoder(self, encoder: TextEncoder) -> None:
+        """Use a separately loaded (frozen) text encoder, e.g. the shared CLIP artifact."""
+        if [encoder.width, encoder.embed_dim] != self.config["text_dims"]:
+            raise ValueError(f"text encoder dims {[encoder.width, encoder.embed_dim]} != the UNet's "
+                             f"{self.config['text_dims']}")
+        self.text_encoder = encoder
+
+    # ---------------------------------------------------------------- conditioning
+    def encode(self, texts: Sequence[str | Findings]) -> Context:
+        if self.text_encoder is None:
+            raise RuntimeError("no text encoder attached")
+        strings = [t.summary() if isinstance(t, Findings) else str(t) for t in texts]
+        return self.text_encoder.encode(strings)
+
+    def null_context(self, batch: int) -> Context:
+        return self.text_encoder.null_context(batch)
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+        context_mask: torch.Tensor, cond_vector: torch.Tensor,
+    ) -> torch.Tensor:
+        """x (B, K, *S) one-hot x_t, t (B,) -> x0 logits (B, K, *S) in float32."""
+        return self.unet(x, t, context, context_mask, cond_vector).float()
+
+
+def drop_condition(cond: Context, null: Context, p: float, generator: torch.Generator | None = None) -> Context:
+    """Replace each sample's condition by the null one with probability p (CFG training)."""
+    if p <= 0:
+        return cond
+    b = cond[0].shape[0]
+    drop = torch.rand(b, generator=generator, device=cond[0].device) < p  # (B,)
+    return tuple(torch.where(drop.view(-1, *([1] * (c.ndim - 1))), n.to(c.dtype), c)
+                 for c, n in zip(cond, null, strict=True))  # type: ignore[return-value]
+
+
+def trim_context(*contexts: Context) -> list[Context]:
+    """Cut token sequences to the longest real (unmasked) length over all contexts."""
+    length = max(int(c[1].any(0).nonzero().max()) + 1 for c in contexts)
+    return [(c[0][:, :length], c[1][:, :length], c[2]) for c in contexts]
+
+
+def _sampler_of(module: nn.Module) -> MaskSampler:
+    """A MaskSampler itself, or the EMA sampler of a MaskDiffusionModule."""
+    if isinstance(module, MaskSampler):
+        return module
+    for name in ("ema_model", "model"):
+        sampler = getattr(module, name, None)
+        if isinstance(sampler, MaskSampler):
+            return sampler
+    raise TypeError(f"{type(module).__name__} holds no MaskSampler")
+
+
+@torch.no_grad()
+def sample_masks(
+    module: nn.Module,
+    summaries: Sequence[str | Findings],
+    generator: torch.Generator | None = None,
+    steps: int = 25,
+    guidance: float = 2.0,
+    grid: Sequence[int] | None = None,
+    bf16: bool = True,
+) -> torch.Tensor:
+    """Sample label volumes for `summaries` (strings or Findings) -> probs (B, K, X, Y, Z).
+
+    Labels are `probs.argmax(1)`. CFG pair in one batched forward (guidance w: 1 = conditional
+    only, 0 = unconditional); bf16 autocast on the module's device when `bf16`. `grid` defaults
+    to the artifact / module grid. The generator drives every random draw (reproducible).
+    """
+    sampler = _sampler_of(module)
+    grid = list(grid or getattr(module, "grid", None) or getattr(sampler, "artifact_metadata", {}).get("grid"))
+    device = next(sampler.parameters()).device
+    was_training = sampler.training
+    sampler.eval()
+    b, k = len(summaries), sampler.num_classes
+    cond, null = trim_context(sampler.encode(summaries), sampler.null_context(b))
+    keys = ("context", "context_mask", "cond_vector")
+    x_T = sampler.scheduler.init_noise((b, k, *grid), generator=generator, device=device)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
+                else contextlib.nullcontext())
+    with autocast:
+        _, probs = sample_loop(
+            sampler, sampler.scheduler, x_T, generator=generator, guidance=guidance,
+            cond=dict(zip(keys, cond, strict=True)), uncond=dict(zip(keys, null, strict=True)),
+            num_inference_steps=steps, batch_cfg=True,
+        )
+    sampler.train(was_training)
+    return probs.float()
+
+
+# -------------------------------------------------------------------- artifact
+def export_stage1(
+    sampler: MaskSampler,
+    path: str | Path,
+    metadata: dict[str, Any],
+    text_encoder_artifact: str | None = None,
+    half: bool = True,
+) -> Path:
+    """Write the sampler as a component artifact (UNet + text encoder unless it is an external
+    artifact, named in the metadata). `half`: store weights as float16 (load converts back)."""
+    import copy
+
+    sampler = copy.deepcopy(sampler).cpu()
+    config = dict(sampler.config)
+    # the resolved UNet arguments, so a later change of the named preset cannot break the artifact
+    config["unet_overrides"] = dict(sampler.unet_args)
+    if text_encoder_artifact is not None:
+        sampler.text_encoder = None
+        config["text_encoder"] = None
+    if half:
+        sampler.half()
+    meta = {**metadata, "text_encoder_artifact": text_encoder_artifact}
+    return save_component(sampler, path, init_args=config, metadata=meta)
+
+
+def load_stage1(path: str | Path, map_location: str | torch.device = "cpu") -> MaskSampler:
+    """`sampler = load_stage1("weights/stage1_phantom")`: the float32, eval-mode MaskSampler with
+    `artifact_metadata` (grid, spacing, class_names, default steps / guidance, ...)."""
+    spec = read_component_spec(path)
+    # float16-stored weights are copied into the float32 parameters by load_state_dict
+    sampler: MaskSampler = load_component(path, map_location=map_location).eval()  # type: ignore[assignment]
+    text_artifact = spec["metadata"].get("text_encoder_artifact")
+    if text_artifact:
+        text_path = Path(text_artifact)
+        if not text_path.is_absolute():
+            text_path = Path(path).parent / text_path
+        encoder = load_component(text_path, map_location=map_location).eval()
+        sampler.attach_text_encoder(encoder.set_frozen(True))
+    sampler.text_encoder.set_frozen(True)
+    sampler.grid = list(sampler.artifact_metadata["grid"])
+    return sampler

@@ -1,0 +1,55 @@
+"""How the slice LDM sees its conditions (shared by training, generation and the loaders).
+
+Network input for slice k (channels):   [ x_t (C) | prev_aug (C) | mask one-hot at latent grid (K) ]
+cond_vector (B, 2):                     [ slice position k / (Z - 1), prev augmentation level ]
+context (B, L, D) + mask (B, L):        text tokens of Findings.summary() (cross-attention)
+
+Previous-slice noise augmentation (Ho et al. 2022, cascaded diffusion "conditioning
+augmentation"): the clean latent of slice k-1 is noised to level s with the forward process,
+`prev_aug = sqrt(abar_s) z_{k-1} + sqrt(1 - abar_s) n`, s drawn in [0, aug_max_t] in training and
+fixed at inference; s / T is given to the network. The noise drowns the fine, slice-specific
+part of z_{k-1} (the CT noise texture), so the network must generate fresh noise for slice k
+instead of copying it, and it is robust to its own imperfect previous slices at inference.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from shared.data.downsample import label_fractions
+from shared.diffusion import GaussianScheduler
+
+
+def mask_to_latent_grid(labels: torch.Tensor, latent_hw: tuple[int, int], num_classes: int) -> torch.Tensor:
+    """Label slices (B, H, W) -> per-class area fractions (B, K, h, w) (the one-hot, area-resized)."""
+    return label_fractions(labels, latent_hw, num_classes)
+
+
+def augment_prev(
+    scheduler: GaussianScheduler, prev: torch.Tensor, level: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Noise the previous latent (B, C, h, w) to integer levels (B,) (level -1 = clean)."""
+    noise = torch.randn(prev.shape, generator=generator, device=prev.device, dtype=prev.dtype)
+    return scheduler.add_noise(prev, noise, level)
+
+
+class SliceDenoiser(nn.Module):
+    """Wraps the UNet with the input layout above: forward(x_t, t, prev, seg, position, level,
+    context, context_mask) -> model output (B, C, h, w)."""
+
+    def __init__(self, unet: nn.Module, num_train_timesteps: int) -> None:
+        super().__init__()
+        self.unet = unet
+        self.num_train_timesteps = num_train_timesteps
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, prev: torch.Tensor, seg: torch.Tensor,
+        position: torch.Tensor, level: torch.Tensor, context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        inp = torch.cat([x, prev.to(x.dtype), seg.to(x.dtype)], dim=1)  # (B, 2C + K, h, w)
+        cond = torch.cat([position.reshape(-1, 1).float(),
+                          (level.float().reshape(-1, 1) + 1) / self.num_train_timesteps], dim=1)
+        return self.unet(inp, t, context=context, context_mask=context_mask, cond_vector=cond)

@@ -1,0 +1,304 @@
+"""Evaluate the stage-2 VAE and slice LDM on test cases -> JSON + markdown (+ previews).
+
+    python -m stage2_ct.evaluate --manifest data/phantom/manifest.jsonl \
+        --vae weights/stage2_vae_phantom --ldm weights/stage2_ldm_phantom --out runs/stage2/eval
+
+Definitions (DESIGN.md section 9), all on test cases with the masks the pipeline would give
+(down to the stage-1 grid and back):
+* VAE: RMSE (HU) of the deterministic round trip inside the body (> -500 HU) and on soft tissue
+  (-150..250 HU); HU <-> model space round trip on every integer HU in [-1000, 1000].
+* organ HU: mean HU on eroded masks of liver, spleen, kidneys, pancreas; generated vs real,
+  grouped by (phase, fatty liver); error = |group mean generated - group mean real|.
+* phase: the same mask and seed generated as portal venous and as non-contrast; liver mean
+  difference vs the phantom's own difference (generate_case with each phase, same seed).
+* mask sensitivity: same seed and text, another case's mask: mean |dHU| where the labels differ.
+* continuity: mean |v[k+1] - v[k]| inside the body (generated, real, real with shuffled slices).
+* noise independence: residual = volume - in-plane Gaussian smoothing (sigma 1.5 px); Pearson
+  correlation of residuals of adjacent slices on eroded solid-organ voxels (generated vs real).
+* texture: HU standard deviation inside the eroded liver (generated / real).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from shared.data.manifest import read_manifest
+from shared.data.transforms import hu_to_model, model_to_hu
+from shared.findings import Findings
+from shared.io.atomic import write_text_atomic
+from shared.io.preview import save_preview
+from shared.labels import default_labels
+from stage2_ct.data import load_cases
+from stage2_ct.generate import generate_volume
+from stage2_ct.vae_module import load_vae
+
+log = logging.getLogger(__name__)
+
+SOLID = ("liver", "spleen", "kidney_left", "kidney_right", "pancreas")
+
+
+def eroded(labels: np.ndarray, cid: int, iterations: int = 1) -> np.ndarray:
+    """Binary mask of class `cid` eroded in 3D (3 x 3 x 3) and once more in-plane."""
+    m = ndimage.binary_erosion(labels == cid, np.ones((3, 3, 3), bool), iterations=iterations)
+    return ndimage.binary_erosion(m, np.ones((3, 3, 1), bool))
+
+
+def noise_residual(vol: np.ndarray, sigma: float = 1.5) -> np.ndarray:
+    return vol - ndimage.gaussian_filter(vol, (sigma, sigma, 0))
+
+
+def adjacent_corr(res: np.ndarray, mask: np.ndarray) -> float:
+    both = mask[..., 1:] & mask[..., :-1]
+    a, b = res[..., :-1][both], res[..., 1:][both]
+    if a.size < 10:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def z_gradient(vol: np.ndarray) -> float:
+    body = (vol[..., 1:] > -500) & (vol[..., :-1] > -500)
+    return float(np.abs(np.diff(vol, axis=-1))[body].mean())
+
+
+# ------------------------------------------------------------------------------ VAE
+@torch.no_grad()
+def evaluate_vae(vae: torch.nn.Module, hu: torch.Tensor) -> dict[str, Any]:
+    """hu (N, X, Y, Z) int16 -> RMSE dict (every slice of every case)."""
+    se_body = se_soft = n_body = n_soft = 0.0
+    for i in range(hu.shape[0]):
+        x = hu[i].permute(2, 0, 1)[:, None].float()  # (Z, 1, X, Y)
+        rec = vae.reconstruct_hu(x)
+        ref = model_to_hu(hu_to_model(x))  # reference clipped to the model window
+        se = (rec - ref) ** 2
+        body, soft = ref > -500, (ref >= -150) & (ref <= 250)
+        se_body += float(se[body].sum())
+        n_body += float(body.sum())
+        se_soft += float(se[soft].sum())
+        n_soft += float(soft.sum())
+    grid = torch.arange(-1000, 1001, dtype=torch.float64)
+    round_trip = float((model_to_hu(hu_to_model(grid)) - grid).abs().max())
+    return {"rmse_body_hu": (se_body / n_body) ** 0.5, "rmse_soft_tissue_hu": (se_soft / n_soft) ** 0.5,
+            "hu_round_trip_max_error": round_trip, "n_cases": int(hu.shape[0])}
+
+
+# ------------------------------------------------------------------------------ LDM
+def organ_means(vol: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    table = default_labels()
+    out = {}
+    for name in SOLID:
+        m = eroded(labels, table.id_of(name))
+        if m.sum() >= 20:
+            out[name] = float(vol[m].mean())
+    return out
+
+
+def run_generation(module, vae, masks, summaries, seed, steps, guidance, batch) -> np.ndarray:
+    outs = []
+    for s in range(0, len(summaries), batch):
+        g = torch.Generator().manual_seed(seed + s)
+        outs.append(generate_volume(module, vae, masks[s : s + batch], summaries[s : s + batch], g,
+                                    steps=steps, guidance=guidance).numpy())
+    return np.concatenate(outs)
+
+
+def evaluate_ldm(module, vae, manifest: Path, store, findings: list[Findings], args) -> dict[str, Any]:
+    table = default_labels()
+    labels = store.labels.numpy()
+    real = store.hu.numpy().astype(np.float32).clip(-1000, 1000)
+    t0 = time.time()
+    gen = run_generation(module, vae, store.labels, store.summaries, args.seed, args.steps,
+                         args.guidance, args.batch)
+    gen_s = time.time() - t0
+    res: dict[str, Any] = {"n_cases": len(gen), "steps": args.steps, "guidance": args.guidance,
+                           "seconds_per_volume": gen_s / len(gen)}
+    # organ HU grouped by (phase, fatty)
+    rows = []
+    for i, f in enumerate(findings):
+        g_m, r_m = organ_means(gen[i], labels[i]), organ_means(real[i], labels[i])
+        for organ in g_m.keys() & r_m.keys():
+            group = f"{f.phase}|{'fatty' if f.liver == 'fatty' and organ == 'liver' else 'normal'}"
+            rows.append((organ, group, g_m[organ], r_m[organ]))
+    organ_err: dict[str, Any] = {}
+    for organ in SOLID:
+        groups = {}
+        for o, grp, g, r in rows:
+            if o == organ:
+                groups.setdefault(grp, []).append((g, r))
+        organ_err[organ] = {grp: {"n": len(v), "gen": float(np.mean([a for a, _ in v])),
+                                  "real": float(np.mean([b for _, b in v])),
+                                  "abs_error": abs(float(np.mean([a - b for a, b in v])))}
+                            for grp, v in groups.items()}
+    res["organ_hu"] = organ_err
+    res["organ_hu_max_error"] = max((e["abs_error"] for o in organ_err.values() for e in o.values()),
+                                    default=float("nan"))
+    res["organ_hu_per_case_mae"] = float(np.mean([abs(g - r) for _, _, g, r in rows])) if rows else float("nan")
+    # continuity, noise independence, texture
+    rng = np.random.default_rng(0)
+    cont = {"generated": [], "real": [], "shuffled": []}
+    corr = {"generated": [], "real": []}
+    std = {"generated": [], "real": []}
+    for i in range(len(gen)):
+        cont["generated"].append(z_gradient(gen[i]))
+        cont["real"].append(z_gradient(real[i]))
+        cont["shuffled"].append(z_gradient(real[i][..., rng.permutation(real.shape[-1])]))
+        solid = np.zeros(labels[i].shape, bool)
+        for name in SOLID:
+            solid |= eroded(labels[i], table.id_of(name))
+        corr["generated"].append(adjacent_corr(noise_residual(gen[i]), solid))
+        corr["real"].append(adjacent_corr(noise_residual(real[i]), solid))
+        liver = eroded(labels[i], table.id_of("liver"))
+        if liver.sum() >= 20:
+            std["generated"].append(float(gen[i][liver].std()))
+            std["real"].append(float(real[i][liver].std()))
+    res["continuity_z_gradient_hu"] = {k: float(np.mean(v)) for k, v in cont.items()}
+    res["noise_residual_adjacent_corr"] = {k: float(np.nanmean(v)) for k, v in corr.items()}
+    res["liver_hu_std"] = {k: float(np.mean(v)) if v else float("nan") for k, v in std.items()}
+    res["liver_hu_std_ratio"] = res["liver_hu_std"]["generated"] / res["liver_hu_std"]["real"]
+    res["_volumes"] = gen
+    return res
+
+
+def phase_experiment(module, vae, manifest: Path, store, findings, n: int, args) -> dict[str, Any]:
+    """Same mask + seed as portal venous and non-contrast: liver difference vs the phantom's."""
+    from shared.data.phantom import PhantomGrid, generate_case
+
+    table = default_labels()
+    root = manifest.parent
+    dataset = json.loads(json.dumps(__import__("yaml").safe_load((root / "dataset.yaml").read_text())))
+    grid = PhantomGrid(shape=tuple(dataset["shape"]), spacing=tuple(dataset["spacing"]))
+    idx = list(range(min(n, len(findings))))
+    masks = store.labels[idx]
+    summaries_pv = [replace(findings[i], phase="portal_venous").summary() for i in idx]
+    summaries_nc = [replace(findings[i], phase="non_contrast").summary() for i in idx]
+    pv = run_generation(module, vae, masks, summaries_pv, args.seed + 7, args.steps, args.guidance, args.batch)
+    nc = run_generation(module, vae, masks, summaries_nc, args.seed + 7, args.steps, args.guidance, args.batch)
+    rows = []
+    for j, i in enumerate(idx):
+        seed = json.loads((root / "findings" / f"{store.case_ids[i]}.json").read_text())["seed"]
+        ref = {ph: generate_case(seed, replace(findings[i], phase=ph), grid).ct.astype(np.float32)
+               for ph in ("portal_venous", "non_contrast")}
+        liver = eroded(masks[j].numpy(), table.id_of("liver"))
+        if liver.sum() < 20:
+            continue
+        gen_d = float(pv[j][liver].mean() - nc[j][liver].mean())
+        exp_d = float(ref["portal_venous"][liver].mean() - ref["non_contrast"][liver].mean())
+        rows.append({"case": store.case_ids[i], "fatty": findings[i].liver == "fatty",
+                     "generated_diff": gen_d, "expected_diff": exp_d, "error": gen_d - exp_d})
+    nan = float("nan")
+    return {"cases": rows, "max_abs_error": max((abs(r["error"]) for r in rows), default=nan),
+            "mean_generated_diff": float(np.mean([r["generated_diff"] for r in rows])) if rows else nan,
+            "mean_expected_diff": float(np.mean([r["expected_diff"] for r in rows])) if rows else nan}
+
+
+def mask_experiment(module, vae, store, args) -> dict[str, Any]:
+    """Case 0's text and seed with case 0's mask vs case 1's mask."""
+    masks = torch.stack([store.labels[0], store.labels[1]])
+    texts = [store.summaries[0]] * 2
+    out = []
+    for m in masks:
+        g = torch.Generator().manual_seed(args.seed + 11)
+        out.append(generate_volume(module, vae, m[None], texts[:1], g, steps=args.steps,
+                                   guidance=args.guidance)[0].numpy())
+    differ = (masks[0] != masks[1]).numpy()
+    d = np.abs(out[0] - out[1])
+    return {"mean_abs_diff_where_labels_differ": float(d[differ].mean()),
+            "mean_abs_diff_where_labels_same": float(d[~differ].mean()),
+            "fraction_voxels_differ": float(differ.mean())}
+
+
+def floors(vae_res: dict | None, ldm_res: dict | None) -> list[tuple[str, str, str, bool]]:
+    rows = []
+    if vae_res:
+        rows += [("VAE RMSE body (HU)", f"{vae_res['rmse_body_hu']:.2f}", "<= 20", vae_res["rmse_body_hu"] <= 20),
+                 ("VAE RMSE soft tissue (HU)", f"{vae_res['rmse_soft_tissue_hu']:.2f}", "<= 8",
+                  vae_res["rmse_soft_tissue_hu"] <= 8),
+                 ("HU round trip max error", f"{vae_res['hu_round_trip_max_error']:.2g}", "exact (< 1e-9)",
+                  vae_res["hu_round_trip_max_error"] < 1e-9)]
+    if ldm_res:
+        c, n, s = (ldm_res["continuity_z_gradient_hu"], ldm_res["noise_residual_adjacent_corr"],
+                   ldm_res["liver_hu_std_ratio"])
+        rows += [("organ mean HU error, max over organs x groups", f"{ldm_res['organ_hu_max_error']:.2f}",
+                  "<= 5", ldm_res["organ_hu_max_error"] <= 5)]
+        if "phase" in ldm_res:
+            p = ldm_res["phase"]
+            rows.append(("liver PV - NC error vs phantom (max |err|)",
+                         f"{p['max_abs_error']:.2f} (gen {p['mean_generated_diff']:.1f} vs {p['mean_expected_diff']:.1f})",
+                         "<= 10", p["max_abs_error"] <= 10))
+        if "mask" in ldm_res:
+            m = ldm_res["mask"]
+            rows.append(("mask change: mean |dHU| where labels differ / same",
+                         f"{m['mean_abs_diff_where_labels_differ']:.1f} / {m['mean_abs_diff_where_labels_same']:.1f}",
+                         "differ >> same", m["mean_abs_diff_where_labels_differ"] > 2 * m["mean_abs_diff_where_labels_same"]))
+        rows += [("z-gradient gen / real / shuffled (HU)", f"{c['generated']:.1f} / {c['real']:.1f} / {c['shuffled']:.1f}",
+                  "gen ~ real << shuffled", abs(c["generated"] - c["real"]) < 0.25 * (c["shuffled"] - c["real"])),
+                 ("noise residual adjacent corr gen / real", f"{n['generated']:.3f} / {n['real']:.3f}",
+                  "|diff| <= 0.1", abs(n["generated"] - n["real"]) <= 0.1),
+                 ("liver HU std gen / real", f"{s:.3f}", "0.8 .. 1.2", 0.8 <= s <= 1.2)]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Evaluate the stage-2 VAE and slice LDM.")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--vae", required=True, help="VAE artifact")
+    p.add_argument("--ldm", default=None, help="LDM artifact (omit: VAE only)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--n-cases", type=int, default=16)
+    p.add_argument("--n-phase", type=int, default=4)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=1.5)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Path(args.manifest)
+    table = default_labels()
+    store = load_cases(manifest, args.split, args.n_cases, table, (2, 2, 2))
+    entries = {e.case_id: e for e in read_manifest(manifest, split=args.split)}
+    findings = [entries[c].findings for c in store.case_ids]
+    vae = load_vae(args.vae)
+    result: dict[str, Any] = {"manifest": str(manifest), "split": args.split,
+                              "vae": evaluate_vae(vae, store.hu)}
+    ldm_res = None
+    if args.ldm:
+        from stage2_ct.ldm_module import load_slice_ldm
+
+        module = load_slice_ldm(args.ldm, vae_path=args.vae)
+        ldm_res = evaluate_ldm(module, vae, manifest, store, findings, args)
+        gen = ldm_res.pop("_volumes")
+        for i in range(min(2, len(gen))):
+            save_preview(out / f"generated_{store.case_ids[i]}.png", gen[i], store.labels[i].numpy(),
+                         store.affines[i], title=f"generated | {store.summaries[i]}")
+            save_preview(out / f"real_{store.case_ids[i]}.png", store.hu[i].numpy(), store.labels[i].numpy(),
+                         store.affines[i], title=f"real | {store.summaries[i]}")
+        ldm_res["phase"] = phase_experiment(module, vae, manifest, store, findings, args.n_phase, args)
+        ldm_res["mask"] = mask_experiment(module, vae, store, args)
+        result["ldm"] = ldm_res
+    table_rows = floors(result["vae"], ldm_res)
+    md = ["| metric | value | floor | met |", "|---|---|---|---|"]
+    md += [f"| {a} | {b} | {c} | {'yes' if ok else 'NO'} |" for a, b, c, ok in table_rows]
+    result["floors"] = [{"metric": a, "value": b, "floor": c, "met": bool(ok)} for a, b, c, ok in table_rows]
+    write_text_atomic(out / "stage2_eval.json", json.dumps(result, indent=1, default=float))
+    write_text_atomic(out / "stage2_eval.md", "\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

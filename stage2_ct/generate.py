@@ -1,0 +1,103 @@
+"""`generate_volume`: CT volumes (HU) from label volumes and summaries, slice after slice along z.
+
+For every slice k, all B volumes and both classifier-free-guidance branches go through ONE UNet
+forward per sampling step (batch 2B, shared.diffusion.sample_loop with batch_cfg). Slice k is
+conditioned on its mask slice, its position, the text and the noise-augmented latent of the
+generated slice k-1 (zeros for k = 0). Latents are decoded by the VAE in slice batches at the end.
+Autocast in bf16 where `autocast` is on (CPU and CUDA).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from shared.diffusion import sample_loop
+from stage2_ct.conditioning import augment_prev, mask_to_latent_grid
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def generate_volume(
+    module: torch.nn.Module,
+    vae: torch.nn.Module,
+    masks: torch.Tensor,
+    summaries: Sequence[str],
+    generator: torch.Generator | None = None,
+    steps: int = 20,
+    guidance: float = 1.5,
+    autocast: bool = True,
+    aug_t: int | None = None,
+    decode_batch: int = 64,
+    batch_cfg: bool = True,
+) -> torch.Tensor:
+    """CT volumes in HU from label volumes.
+
+    Args:
+        module: a SliceLDMModule (or anything with `denoiser`, `scheduler`, `encode_text`,
+            `null_text` and `hparams.num_classes / latent_channels / aug_t`).
+        vae: the SliceAutoencoder whose latents the module was trained on.
+        masks: (B, X, Y, Z) integer labels on the CT grid (RAS, axial slice k = [..., k]).
+        summaries: B strings (Findings.summary()).
+        generator: drives every random draw (initial noise, previous-slice augmentation).
+        steps: sampling steps of the module's scheduler (DDIM by default).
+        guidance: classifier-free guidance weight on the text (1 = conditional only).
+        autocast: bf16 autocast for the UNet and the decoder.
+        aug_t: previous-slice augmentation level at inference (None = module's `aug_t`).
+        decode_batch: slices per VAE decoder call.
+        batch_cfg: both guidance branches in one forward (False: two passes, for benchmarks).
+
+    Returns:
+        (B, X, Y, Z) float32 HU in [-1000, 1000] on the masks' device.
+    """
+    if masks.ndim != 4:
+        raise ValueError(f"masks must be (B, X, Y, Z), got {tuple(masks.shape)}")
+    b, nx, ny, nz = masks.shape
+    if len(summaries) != b:
+        raise ValueError(f"{len(summaries)} summaries for {b} volumes")
+    hp = module.hparams
+    device = next(module.denoiser.parameters()).device
+    masks = masks.to(device).long()
+    f = vae.factor
+    if nx % f or ny % f:
+        raise ValueError(f"slice size {(nx, ny)} is not a multiple of the VAE factor {f}")
+    hw = (nx // f, ny // f)
+    c = hp.latent_channels
+    level = int(hp.aug_t if aug_t is None else aug_t)
+    scheduler = module.scheduler
+    scheduler.set_timesteps(steps)
+
+    context, context_mask = module.encode_text(list(summaries))
+    cond = {"context": context, "context_mask": context_mask}
+    uncond = None
+    if guidance != 1.0:
+        null_tok, null_mask = module.null_text(b)
+        uncond = {"context": null_tok.to(context.dtype), "context_mask": null_mask}
+    levels = torch.full((b,), level, device=device, dtype=torch.long)
+    dtype = torch.bfloat16 if autocast else torch.float32
+    latents = torch.empty(b, nz, c, *hw, device=device)  # (B, Z, C, h, w)
+    prev = torch.zeros(b, c, *hw, device=device)
+    for k in range(nz):
+        seg = mask_to_latent_grid(masks[..., k], hw, hp.num_classes)  # (B, K, h, w)
+        prev_aug = augment_prev(scheduler, prev, levels, generator)
+        position = torch.full((b, 1), k / max(1, nz - 1), device=device)
+        extra = {"prev": prev_aug, "seg": seg, "position": position, "level": levels}
+        x_T = scheduler.init_noise((b, c, *hw), generator=generator, device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            z, _ = sample_loop(
+                module.denoiser, scheduler, x_T, generator=generator, guidance=guidance,
+                cond={**cond, **extra}, uncond=None if uncond is None else {**uncond, **extra},
+                batch_cfg=batch_cfg,
+            )
+        latents[:, k] = z.float()
+        prev = z.float()
+    flat = latents.reshape(b * nz, c, *hw)
+    out = []
+    for s in range(0, len(flat), decode_batch):
+        with torch.autocast(device.type, dtype=dtype, enabled=autocast):
+            out.append(vae.decode_hu(flat[s : s + decode_batch]).float())
+    hu = torch.cat(out).reshape(b, nz, nx, ny).permute(0, 2, 3, 1)  # (B, X, Y, Z)
+    return hu.contiguous()

@@ -1,0 +1,214 @@
+"""SliceLDMModule: conditional latent diffusion of axial CT slices (DESIGN.md section 7).
+
+Slice k is generated in the frozen VAE's latent space (4 x 32 x 32 for 128^2 slices) from
+[noisy latent k | noise-augmented clean latent k-1 (zeros for k = 0) | mask slice k one-hot on
+the latent grid] + slice position + text tokens (cross-attention; contrast phase and fatty liver
+exist only in the text). DDPM training (v-prediction by default) with text dropout for
+classifier-free guidance; the scheduler, UNet and sampling loop are the shared ones.
+
+The VAE is loaded from its artifact in `setup()` (never in `__init__`) and is not part of the
+checkpoint. `export()` writes the UNet + text encoder as component artifacts plus the metadata
+`load_slice_ldm` needs to rebuild this module for inference.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from shared.diffusion import GaussianScheduler
+from shared.io.artifact import save_component
+from shared.nets import build_unet
+from shared.text.encoder import TextEncoder
+from stage2_ct.common import check_finite, warmup_cosine
+from stage2_ct.conditioning import SliceDenoiser, augment_prev, mask_to_latent_grid
+from stage2_ct.vae_module import load_vae
+
+log = logging.getLogger(__name__)
+
+
+class SliceLDMModule(L.LightningModule):
+    """Args:
+        vae_path: VAE component artifact (trained first by the CLI when missing).
+        vae_config: VAE config the CLI trains when vae_path is missing.
+        num_classes: label classes K (mask channels).
+        latent_channels: VAE latent channels C.
+        unet_preset / unet_overrides: shared.nets preset (in_channels = 2C + K and
+            extra_embed_dim = 2 are set here; context_dim follows the text encoder).
+        text_encoder: TextEncoder init args; text_encoder_artifact: a trained one instead.
+        scheduler: GaussianScheduler init args.
+        p_uncond: text dropout (null context) for classifier-free guidance.
+        aug_max_t / aug_t: previous-latent augmentation level range in training / at inference.
+        p_prev_drop: probability of training with a zero previous slice at any k.
+        lr, text_lr, warmup_steps, decay_steps: AdamW and its warm-up + cosine schedule.
+        export_path: where `on_train_end` writes the LDM artifact (None = not exported).
+    """
+
+    def __init__(
+        self,
+        vae_path: str | None = None,
+        vae_config: str | list[str] | None = "stage2_ct/configs/vae/phantom.yaml",
+        num_classes: int = 12,
+        latent_channels: int = 4,
+        unet_preset: str = "stage2_phantom",
+        unet_overrides: dict[str, Any] | None = None,
+        text_encoder: dict[str, Any] | None = None,
+        text_encoder_artifact: str | None = None,
+        scheduler: dict[str, Any] | None = None,
+        p_uncond: float = 0.1,
+        aug_max_t: int = 300,
+        aug_t: int = 100,
+        p_prev_drop: float = 0.02,
+        lr: float = 5e-4,
+        text_lr: float = 2e-4,
+        warmup_steps: int = 200,
+        decay_steps: int | None = None,
+        export_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.strict_loading = False  # the frozen VAE is not in the checkpoint
+        self.text = TextEncoder(**(text_encoder or {}))
+        unet_args = {**(unet_overrides or {}), "in_channels": 2 * latent_channels + num_classes,
+                     "out_channels": latent_channels, "extra_embed_dim": 2,
+                     "context_dim": self.text.width}
+        unet, self.unet_args = build_unet(unet_preset, **unet_args)
+        self.scheduler_args = dict(scheduler or {})
+        self.scheduler = GaussianScheduler(**self.scheduler_args)
+        self.denoiser = SliceDenoiser(unet, self.scheduler.num_train_timesteps)
+        self.vae = None
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str) -> None:
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and getattr(dm, "num_classes", self.hparams.num_classes) != self.hparams.num_classes:
+            raise ValueError(f"model.num_classes = {self.hparams.num_classes} but the data's label "
+                             f"table has {dm.num_classes} classes")
+        if self.hparams.text_encoder_artifact and stage == "fit":
+            from shared.io.artifact import load_component
+
+            trained = load_component(self.hparams.text_encoder_artifact)
+            self.text.load_state_dict(trained.state_dict())
+        if self.vae is None and self.hparams.vae_path:
+            self.vae = load_vae(self.hparams.vae_path, map_location=self.device)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        for k in [k for k in state if k.startswith("vae.")]:
+            del state[k]
+
+    # ------------------------------------------------------------------ conditioning
+    def encode_text(self, texts: list[str], drop: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text tokens (B, L, D) and mask (B, L); rows where `drop` is True get the null context."""
+        tokens, mask, _ = self.text.encode(list(texts))
+        if drop is not None and drop.any():
+            null_tok, null_mask, _ = self.text.null_context(len(texts))
+            tokens = torch.where(drop[:, None, None], null_tok.to(tokens.dtype), tokens)
+            mask = torch.where(drop[:, None], null_mask, mask)
+        return tokens, mask
+
+    def null_text(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens, mask, _ = self.text.null_context(batch)
+        return tokens, mask
+
+    # ------------------------------------------------------------------ training
+    def diffusion_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        hp = self.hparams
+        z0, prev = batch["latent"], batch["prev"]  # (B, C, h, w)
+        b = z0.shape[0]
+        seg = mask_to_latent_grid(batch["labels"], tuple(z0.shape[-2:]), hp.num_classes).to(z0)
+        if self.training and hp.p_prev_drop > 0:
+            keep = (torch.rand(b, device=z0.device) >= hp.p_prev_drop).to(z0.dtype)
+            prev = prev * keep[:, None, None, None]
+        level = torch.randint(-1, hp.aug_max_t + 1, (b,), device=z0.device) if self.training else \
+            torch.full((b,), hp.aug_t, device=z0.device)
+        prev_aug = augment_prev(self.scheduler, prev, level)
+        drop = torch.rand(b, device=z0.device) < (hp.p_uncond if self.training else 0.0)
+        context, context_mask = self.encode_text(batch["text"], drop)
+        t = torch.randint(0, self.scheduler.num_train_timesteps, (b,), device=z0.device)
+        noise = torch.randn_like(z0)
+        xt = self.scheduler.add_noise(z0, noise, t)
+        out = self.denoiser(xt, t, prev_aug, seg, batch["position"], level, context, context_mask)
+        return F.mse_loss(out.float(), self.scheduler.training_target(z0, noise, t).float())
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.diffusion_loss(batch)
+        check_finite(loss, self.global_step)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["text"]))
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        gen = torch.random.fork_rng(devices=[])  # fixed noise: comparable val losses
+        with gen:
+            torch.manual_seed(1234 + batch_idx)
+            loss = self.diffusion_loss(batch)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["text"]))
+
+    def on_train_end(self) -> None:
+        if self.hparams.export_path and self.trainer.is_global_zero:
+            export_ldm(self, self.hparams.export_path)
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        groups = [{"params": list(self.denoiser.parameters()), "lr": hp.lr}]
+        text_params = [p for p in self.text.parameters() if p.requires_grad]
+        if text_params:
+            groups.append({"params": text_params, "lr": hp.text_lr})
+        opt = torch.optim.AdamW(groups, weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, hp.warmup_steps, hp.decay_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+# ---------------------------------------------------------------------- artifacts
+def export_ldm(module: SliceLDMModule, path: str | Path) -> Path:
+    """Write `path` (UNet + LDM metadata) and `path`_text (the text encoder) as components."""
+    stem = Path(path).with_suffix("") if Path(path).suffix in (".yaml", ".safetensors") else Path(path)
+    text_stem = stem.with_name(stem.name + "_text")
+    save_component(module.text, text_stem, init_args=module.text.init_args,
+                   metadata={"role": "stage2 text encoder"})
+    hp = module.hparams
+    meta = {
+        "role": "stage2 slice LDM", "text_encoder": text_stem.name,
+        "vae": Path(hp.vae_path).name if hp.vae_path else None,
+        "num_classes": hp.num_classes, "latent_channels": hp.latent_channels,
+        "scheduler": module.scheduler_args, "aug_t": hp.aug_t, "aug_max_t": hp.aug_max_t,
+        "input_layout": "x_t | prev_aug | mask fractions; cond_vector = [position, (level+1)/T]",
+        "trained_steps": int(module.global_step) if module._trainer is not None
+        else getattr(module, "trained_steps", None),
+    }
+    save_component(module.denoiser.unet, stem, init_args=module.unet_args, metadata=meta)
+    log.info("exported slice LDM to %s (+ %s)", stem, text_stem)
+    return stem
+
+
+def load_slice_ldm(
+    path: str | Path, vae_path: str | Path | None = None, map_location: str | torch.device = "cpu"
+) -> SliceLDMModule:
+    """Rebuild an inference SliceLDMModule (eval, frozen) from the LDM artifact, its text encoder
+    artifact (next to it) and the VAE artifact (`vae_path`, default: the one named in the
+    metadata, next to the LDM artifact)."""
+    from shared.io.artifact import load_component, read_component_spec
+
+    stem = Path(path).with_suffix("") if Path(path).suffix in (".yaml", ".safetensors") else Path(path)
+    spec = read_component_spec(stem)
+    meta = spec["metadata"]
+    unet = load_component(stem, map_location=map_location)
+    text = load_component(stem.with_name(meta["text_encoder"]), map_location=map_location)
+    vae_path = vae_path or (stem.parent / meta["vae"] if meta.get("vae") else None)
+    module = SliceLDMModule(
+        vae_path=str(vae_path) if vae_path else None, vae_config=None,
+        num_classes=meta["num_classes"], latent_channels=meta["latent_channels"],
+        unet_overrides={k: v for k, v in spec["init_args"].items()},
+        text_encoder={**text.init_args, "frozen": True}, scheduler=meta["scheduler"],
+        aug_max_t=meta["aug_max_t"], aug_t=meta["aug_t"],
+    )
+    module.denoiser.unet.load_state_dict(unet.state_dict())
+    module.text.load_state_dict(text.state_dict())
+    module.setup("predict")
+    return module.to(map_location).eval().requires_grad_(False)

@@ -1,0 +1,133 @@
+"""Stage 2 smoke tests: HU round trip, tiny VAE overfit, tiny LDM fit through the CLI (which
+trains a tiny VAE first), artifact loaders, and a 2-step generate_volume on 2 volumes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shared.data.transforms import hu_to_model, model_to_hu
+from shared.labels import default_labels
+from shared.vae.autoencoder import SliceAutoencoder, kl_divergence
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "stage2_ct" / "configs"
+
+
+def test_hu_model_round_trip_exact() -> None:
+    hu = torch.arange(-1000, 1001, dtype=torch.float64)
+    assert torch.equal(model_to_hu(hu_to_model(hu)).round(), hu)
+    assert float((model_to_hu(hu_to_model(hu)) - hu).abs().max()) < 1e-9
+    hu32 = hu.float()
+    assert torch.equal(model_to_hu(hu_to_model(hu32)).round(), hu32)  # int16 HU survive float32
+    assert float(hu_to_model(torch.tensor([-3000.0, 3000.0])).abs().max()) == 1.0  # clipped
+
+
+def test_vae_shapes_and_scale() -> None:
+    vae = SliceAutoencoder(channels=[8, 16, 16], num_res_blocks=[0, 1, 1])
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    mu, logvar = vae.encode(x)
+    assert mu.shape == (2, 4, 8, 8) and vae.factor == 4
+    vae.set_latent_scale(2.0)
+    assert torch.allclose(vae.encode_latents(x), 2 * mu)
+    assert vae.decode_latents(vae.encode_latents(x)).abs().max() <= 1.0
+    assert float(kl_divergence(torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2))) == 0.0
+    with pytest.raises(ValueError, match="multiple of f"):
+        vae.encode(torch.zeros(1, 1, 30, 32))
+
+
+def test_vae_tiny_overfit(tiny_phantom: Path) -> None:
+    """8 slices (32 x 32 at 12 mm, nearly all edges) overfit to RMSE <= 100 HU from ~740 HU at
+    init: a broken encoder or decoder cannot (a constant image is ~500 HU off). The issue's
+    60 HU floor is not reached in a fast test with this architecture (see docs/stage2.md)."""
+    from stage2_ct.data import load_cases
+
+    torch.manual_seed(0)
+    store = load_cases(tiny_phantom, "train", 1, default_labels(), None)
+    hu = store.hu[0, :, :, 4:12].permute(2, 0, 1)[:, None].float().clamp(-1000, 1000)  # (8, 1, 32, 32)
+    x = hu_to_model(hu)
+    vae = SliceAutoencoder(channels=[32, 32], num_res_blocks=[1, 1])
+    opt = torch.optim.Adam(vae.parameters(), lr=2e-3)
+    start = float(((vae.reconstruct_hu(hu) - hu) ** 2).mean().sqrt())
+    for _ in range(400):
+        mu, logvar = vae.encode(x)
+        rec = vae.decode(mu)  # posterior mean: the deterministic path the pipeline decodes
+        loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + 1e-7 * kl_divergence(mu, logvar)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    rmse = float(((vae.reconstruct_hu(hu) - hu) ** 2).mean().sqrt())
+    assert rmse <= 100.0 and rmse < start / 5, (start, rmse)
+
+
+@pytest.fixture(scope="module")
+def tiny_stage2(tiny_phantom: Path, tmp_path_factory) -> dict[str, Path]:
+    """Tiny LDM fit via the CLI in-process; the VAE artifact is missing, so it trains one first."""
+    from stage2_ct import cli
+
+    out = tmp_path_factory.mktemp("stage2")
+    cli.main(args=[
+        "fit", "-c", str(CONFIGS / "ldm" / "phantom.yaml"), "-c", str(CONFIGS / "ldm" / "tiny.yaml"),
+        f"--data.manifest={tiny_phantom}",
+        f"--model.init_args.vae_path={out / 'vae'}",
+        f"--model.init_args.export_path={out / 'ldm'}",
+        f"--trainer.default_root_dir={out}",
+    ])
+    return {"vae": out / "vae", "ldm": out / "ldm", "manifest": tiny_phantom}
+
+
+def test_ldm_fit_exports_artifacts(tiny_stage2: dict[str, Path]) -> None:
+    from shared.io.artifact import read_component_spec
+
+    for name in ("vae", "ldm", "ldm_text"):
+        assert (tiny_stage2["ldm"].parent / f"{name}.safetensors").is_file(), name
+    vae_meta = read_component_spec(tiny_stage2["vae"])["metadata"]
+    assert math.isfinite(vae_meta["latent_scale"]) and vae_meta["latent_scale"] > 0
+    ldm_meta = read_component_spec(tiny_stage2["ldm"])["metadata"]
+    assert ldm_meta["num_classes"] == default_labels().num_classes and ldm_meta["vae"] == "vae"
+
+
+def test_generate_volume_two_steps(tiny_stage2: dict[str, Path]) -> None:
+    from stage2_ct.data import load_cases
+    from stage2_ct.generate import generate_volume
+    from stage2_ct.ldm_module import load_slice_ldm
+
+    module = load_slice_ldm(tiny_stage2["ldm"])
+    assert float(module.vae.latent_scale) > 0
+    store = load_cases(tiny_stage2["manifest"], "train", 2, default_labels(), (2, 2, 2))
+    masks = store.labels[:2]  # (2, 32, 32, 16)
+    hu = generate_volume(module, module.vae, masks, store.summaries[:2],
+                         torch.Generator().manual_seed(0), steps=2, guidance=2.0)
+    assert hu.shape == masks.shape and hu.dtype == torch.float32
+    assert torch.isfinite(hu).all() and hu.min() >= -1000 and hu.max() <= 1000
+    again = generate_volume(module, module.vae, masks, store.summaries[:2],
+                            torch.Generator().manual_seed(0), steps=2, guidance=2.0)
+    assert torch.equal(hu, again)  # the generator drives every draw
+    one = generate_volume(module, module.vae, masks[:1], store.summaries[:1],
+                          torch.Generator().manual_seed(0), steps=2, guidance=1.0, autocast=False)
+    assert one.shape == (1, *masks.shape[1:])
+    with pytest.raises(ValueError, match="summaries"):
+        generate_volume(module, module.vae, masks, store.summaries[:1], steps=2)
+
+
+def test_masks_round_trip_like_pipeline(tiny_phantom: Path) -> None:
+    """Training masks went down to the stage-1 grid and back (blockier than the crisp labels)."""
+    from stage2_ct.data import load_cases, roundtrip_labels
+
+    crisp = load_cases(tiny_phantom, "train", 1, default_labels(), None).labels[0]
+    rt = roundtrip_labels(crisp, (2, 2, 2), default_labels().num_classes, default_labels().tumor_ids)
+    assert rt.shape == crisp.shape and rt.dtype == torch.uint8
+    agree = float((rt == crisp).float().mean())
+    assert 0.6 < agree < 1.0
+    assert set(np.unique(rt.numpy())) <= set(range(default_labels().num_classes))
+
+
+def test_nan_loss_names_the_step() -> None:
+    from stage2_ct.common import NonFiniteLossError, check_finite
+
+    with pytest.raises(NonFiniteLossError, match="step 17"):
+        check_finite(torch.tensor(float("nan")), 17)
