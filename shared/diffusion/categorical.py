@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.diffusion.schedules import alpha_bar_at, make_betas, make_timesteps, unsqueeze_right
+from shared.diffusion.protocol import SamplingTimesteps
+from shared.diffusion.schedules import alpha_bar_at, make_betas, unsqueeze_right
 
 __all__ = ["CategoricalScheduler", "sample_categorical", "to_onehot"]
 
@@ -57,7 +58,7 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
     return F.one_hot(idx, probs.shape[1]).movedim(-1, 1).to(probs.dtype)
 
 
-class CategoricalScheduler(nn.Module):
+class CategoricalScheduler(SamplingTimesteps, nn.Module):
     """Uniform-noise categorical diffusion: training terms (q_sample, posteriors, KL loss) and
     the sampler (`set_timesteps`, `step`), never calling the network.
 
@@ -187,20 +188,6 @@ class CategoricalScheduler(nn.Module):
         return {"loss": loss, "kl": kl_mean.detach(), "ce": ce.detach()}
 
     # ---------------------------------------------------------------- sampler
-    def set_timesteps(self, num_inference_steps: int) -> None:
-        """Descending timesteps (n,); `step` at timesteps[i] goes to timesteps[i+1] (or -1)."""
-        self.num_inference_steps = num_inference_steps
-        ts = make_timesteps(self.num_train_timesteps, num_inference_steps, self.timestep_spacing)
-        self.timesteps = ts
-        self._prev_of = {int(a): int(b) for a, b in zip(ts, torch.cat([ts[1:], ts.new_tensor([-1])]), strict=True)}
-
-    def prev_timestep(self, t: int | torch.Tensor) -> int:
-        """The timestep the sampler reaches from t (-1 = clean data)."""
-        t = int(t)
-        if t not in self._prev_of:
-            raise ValueError(f"t = {t} is not one of the {self.num_inference_steps} sampling steps")
-        return self._prev_of[t]
-
     def step(
         self, model_output: torch.Tensor, t: int | torch.Tensor, sample: torch.Tensor,
         generator: torch.Generator | None = None,

@@ -21,14 +21,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shared.diffusion.schedules import alpha_bar_at, make_betas, make_timesteps, unsqueeze_right
+from shared.diffusion.protocol import SamplingTimesteps
+from shared.diffusion.schedules import alpha_bar_at, make_betas, unsqueeze_right
 
 __all__ = ["GaussianScheduler", "PREDICTION_TYPES"]
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
-class GaussianScheduler(nn.Module):
+class GaussianScheduler(SamplingTimesteps, nn.Module):
     """DDPM/DDIM noise process; never calls the network.
 
     Args:
@@ -147,20 +148,6 @@ class GaussianScheduler(nn.Module):
         return mean, var.expand_as(mean)
 
     # ---------------------------------------------------------------- sampler
-    def set_timesteps(self, num_inference_steps: int) -> None:
-        """Descending timesteps (n,); `step` at timesteps[i] goes to timesteps[i+1] (or -1)."""
-        self.num_inference_steps = num_inference_steps
-        ts = make_timesteps(self.num_train_timesteps, num_inference_steps, self.timestep_spacing)
-        self.timesteps = ts
-        self._prev_of = {int(a): int(b) for a, b in zip(ts, torch.cat([ts[1:], ts.new_tensor([-1])]), strict=True)}
-
-    def prev_timestep(self, t: int | torch.Tensor) -> int:
-        """The timestep the sampler reaches from t (-1 = clean data)."""
-        t = int(t)
-        if t not in self._prev_of:
-            raise ValueError(f"t = {t} is not one of the {self.num_inference_steps} sampling steps")
-        return self._prev_of[t]
-
     def init_noise(
         self, shape: tuple[int, ...], generator: torch.Generator | None = None,
         device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,

@@ -10,6 +10,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from shared.diffusion.schedules import make_timesteps
+
 
 @runtime_checkable
 class Scheduler(Protocol):
@@ -44,3 +46,25 @@ class Scheduler(Protocol):
     ) -> torch.Tensor:
         """A draw of x_{T-1} (the prior) of `shape`."""
         ...
+
+
+class SamplingTimesteps:
+    """`set_timesteps` / `prev_timestep`, shared by both schedulers.
+
+    Needs `num_train_timesteps` and `timestep_spacing` on the instance.
+    """
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        """Descending timesteps (n,); `step` at timesteps[i] goes to timesteps[i+1] (or -1)."""
+        self.num_inference_steps = num_inference_steps
+        ts = make_timesteps(self.num_train_timesteps, num_inference_steps, self.timestep_spacing)
+        self.timesteps = ts
+        nxt = torch.cat([ts[1:], ts.new_tensor([-1])])
+        self._prev_of = {int(a): int(b) for a, b in zip(ts, nxt, strict=True)}
+
+    def prev_timestep(self, t: int | torch.Tensor) -> int:
+        """The timestep the sampler reaches from t (-1 = clean data)."""
+        t = int(t)
+        if t not in self._prev_of:
+            raise ValueError(f"t = {t} is not one of the {self.num_inference_steps} sampling steps")
+        return self._prev_of[t]
