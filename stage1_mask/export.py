@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from shared.io.artifact import read_component_spec
 from stage1_mask.module import MaskDiffusionModule
 from stage1_mask.sampler import export_stage1
 
@@ -26,6 +27,17 @@ def module_from_checkpoint(path: str | Path) -> MaskDiffusionModule:
     hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
     if "stage1_unet_args" in ckpt:  # pin the UNet the checkpoint was trained with
         hparams["sampler"] = {**(hparams.get("sampler") or {}), "unet_overrides": ckpt["stage1_unet_args"]}
+    artifact = hparams.get("text_encoder_artifact")
+    sampler = hparams.get("sampler") or {}
+    if not sampler.get("text_encoder") and any(k.startswith("model.text_encoder.") for k in ckpt["state_dict"]):
+        # an attached (artifact) encoder: rebuild it from its recorded arguments, weights from the state
+        args = ckpt.get("stage1_text_encoder_args")
+        if args is None and artifact:
+            args = read_component_spec(artifact)["init_args"]
+        if args is None:
+            raise ValueError(f"{path}: the text encoder's arguments are neither in the checkpoint "
+                             f"nor readable from text_encoder_artifact={artifact!r}")
+        hparams["sampler"] = {**sampler, "text_encoder": dict(args)}
     hparams["text_encoder_artifact"] = None  # weights (incl. an attached encoder) are in the state
     module = MaskDiffusionModule(**hparams)
     module.load_state_dict(ckpt["state_dict"])

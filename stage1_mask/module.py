@@ -1,8 +1,12 @@
 """`MaskDiffusionModule`: training of the volumetric categorical-diffusion mask sampler (CCDM).
 
 Loss: KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)) per voxel, weighted by the true class
-(sqrt-inverse-frequency weights, capped: moderate, because heavy tumour weights inflate the
-sampled tumours), plus an optional cross-entropy on the x0 LOGITS. Training t ~ p(t) ∝ (t + 1)^γ
+(sqrt-inverse-frequency weights, capped; the tumour, ~0.03% of the voxels, gets its own weight
+`tumor_weight`), plus an optional cross-entropy on the x0 LOGITS. A weighted CE's optimum is
+p_w(k) ∝ w_k p(k), which inflates heavily weighted classes when sampled; the sampler therefore
+carries the logit adjustment -log w_k (Menon et al. 2021) and applies it when sampling
+(`sample_masks(prior_correction=1)`), so the tumour gets the gradient share it needs in training
+without coming out oversized. Training t ~ p(t) ∝ (t + 1)^γ
 (γ = 1.5 as in the official GuideGen code: more draws at the noisy steps where the anatomy and
 the tumour site are decided from the text alone; the near-clean steps are almost copies).
 Condition dropout trains the null context for classifier-free guidance; an EMA copy of the
@@ -29,11 +33,17 @@ from stage1_mask.sampler import MaskSampler, drop_condition, sample_masks, trim_
 log = logging.getLogger(__name__)
 
 
-def class_weights_from_frequencies(freq: torch.Tensor, cap: float = 3.0) -> torch.Tensor:
-    """w_k = clamp(sqrt(f_ref / f_k), 1, cap), f_ref = median foreground frequency."""
+def class_weights_from_frequencies(
+    freq: torch.Tensor, cap: float = 3.0, overrides: dict[int, float] | None = None
+) -> torch.Tensor:
+    """w_k = clamp(sqrt(f_ref / f_k), 1, cap), f_ref = median foreground frequency; `overrides`
+    sets single classes (e.g. the tumour) to a given weight."""
     fg = freq[1:][freq[1:] > 0]
     ref = fg.median() if len(fg) else freq.new_tensor(1.0)
-    return (ref / freq.clamp_min(1e-12)).sqrt().clamp(1.0, cap).float()
+    w = (ref / freq.clamp_min(1e-12)).sqrt().clamp(1.0, cap).float()
+    for k, v in (overrides or {}).items():
+        w[k] = float(v)
+    return w
 
 
 class MaskDiffusionModule(L.LightningModule):
@@ -44,6 +54,7 @@ class MaskDiffusionModule(L.LightningModule):
             loaded in `setup()`; None trains the encoder given in `sampler` jointly.
         lr, text_lr, weight_decay, warmup_steps: AdamW with linear warm-up.
         class_weight_cap: cap of the sqrt-inverse-frequency class weights (1 = unweighted).
+        tumor_weight: loss weight of the tumour class(es) (None = the capped rule above).
         ce_weight: weight of the auxiliary cross-entropy on the x0 logits.
         t_power: γ of the timestep distribution p(t) ∝ (t + 1)^γ (0 = uniform).
         p_uncond: condition dropout probability.
@@ -64,6 +75,7 @@ class MaskDiffusionModule(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
         class_weight_cap: float = 3.0,
+        tumor_weight: float | None = None,
         ce_weight: float = 0.5,
         t_power: float = 1.5,
         p_uncond: float = 0.1,
@@ -92,8 +104,12 @@ class MaskDiffusionModule(L.LightningModule):
             self._text_loaded = True
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and stage == "fit" and not bool(self.class_weights.any()):
+            tw = self.hparams.tumor_weight
+            overrides = {k: tw for k in dm.table.tumor_ids} if tw is not None else None
             self.class_weights.copy_(class_weights_from_frequencies(
-                dm.class_frequencies(), self.hparams.class_weight_cap))
+                dm.class_frequencies(), self.hparams.class_weight_cap, overrides))
+            for sampler in (self.model, self.ema_model):
+                sampler.logit_bias.copy_(-self.class_weights.log())
             log.info("class weights %s", [round(w, 2) for w in self.class_weights.tolist()])
         if dm is not None and dm.cases.get("train"):
             aff = dm.cases["train"][0].affine
@@ -184,6 +200,8 @@ class MaskDiffusionModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["stage1_spacing"] = self.spacing
         checkpoint["stage1_unet_args"] = dict(self.model.unet_args)  # resolved preset
+        if self.model.text_encoder is not None:  # rebuilds an attached artifact encoder on export
+            checkpoint["stage1_text_encoder_args"] = dict(self.model.text_encoder.init_args)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.spacing = checkpoint.get("stage1_spacing", self.spacing)

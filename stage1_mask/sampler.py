@@ -66,6 +66,8 @@ class MaskSampler(nn.Module):
         self.unet, self.unet_args = build_unet(unet_preset, **overrides)
         self.scheduler = CategoricalScheduler(num_classes, **(scheduler or {}))
         self.num_classes = num_classes
+        # -log(class loss weight) (K,): the logit adjustment applied when sampling (set in training)
+        self.register_buffer("logit_bias", torch.zeros(num_classes))
         self.config = {"num_classes": num_classes, "unet_preset": unet_preset,
                        "unet_overrides": dict(unet_overrides or {}), "text_encoder": text_encoder,
                        "text_dims": [width, pooled], "scheduler": dict(scheduler or {})}
@@ -131,11 +133,14 @@ def sample_masks(
     guidance: float = 2.0,
     grid: Sequence[int] | None = None,
     bf16: bool = True,
+    prior_correction: float = 1.0,
 ) -> torch.Tensor:
     """Sample label volumes for `summaries` (strings or Findings) -> probs (B, K, X, Y, Z).
 
     Labels are `probs.argmax(1)`. CFG pair in one batched forward (guidance w: 1 = conditional
-    only, 0 = unconditional); bf16 autocast on the module's device when `bf16`. `grid` defaults
+    only, 0 = unconditional); bf16 autocast on the module's device when `bf16`.
+    `prior_correction` scales the logit adjustment -log w_k that undoes the class weights of the
+    training loss (1 = full correction, 0 = the raw, weight-inflated logits). `grid` defaults
     to the artifact / module grid. The generator drives every random draw (reproducible).
     """
     sampler = _sampler_of(module)
@@ -149,9 +154,14 @@ def sample_masks(
     x_T = sampler.scheduler.init_noise((b, k, *grid), generator=generator, device=device)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
                 else contextlib.nullcontext())
+    bias = (prior_correction * sampler.logit_bias).view(1, k, *([1] * len(grid)))
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
+        return sampler(x, t, **cond) + bias  # (B, K, *S) adjusted x0 logits
+
     with autocast:
         _, probs = sample_loop(
-            sampler, sampler.scheduler, x_T, generator=generator, guidance=guidance,
+            model_fn, sampler.scheduler, x_T, generator=generator, guidance=guidance,
             cond=dict(zip(keys, cond, strict=True)), uncond=dict(zip(keys, null, strict=True)),
             num_inference_steps=steps, batch_cfg=True,
         )

@@ -141,15 +141,14 @@ class LatentPairs(Dataset):
 
 @torch.no_grad()
 def encode_store(vae: torch.nn.Module, store: CaseStore, batch_size: int = 64) -> torch.Tensor:
-    """All slices -> scaled VAE latents (N, Z, C, h, w) float16 (bf16 autocast on CPU)."""
+    """All slices -> scaled VAE latents (N, Z, C, h, w) stored as float16 (encoder in fp32)."""
     n, _, _, z = store.hu.shape
     slices = store.hu.permute(0, 3, 1, 2).reshape(n * z, 1, *store.hu.shape[1:3])  # (N Z, 1, H, W)
     out = []
     device = next(vae.parameters()).device
     for s in range(0, len(slices), batch_size):
         x = hu_to_model(slices[s : s + batch_size].float().to(device))
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            out.append(vae.encode_latents(x).float().half().cpu())
+        out.append(vae.encode_latents(x).float().half().cpu())  # fp32 encoder: exact latents
     lat = torch.cat(out)
     return lat.reshape(n, z, *lat.shape[1:])
 

@@ -45,7 +45,7 @@ def generate_volume(
         generator: drives every random draw (initial noise, previous-slice augmentation).
         steps: sampling steps of the module's scheduler (DDIM by default).
         guidance: classifier-free guidance weight on the text (1 = conditional only).
-        autocast: bf16 autocast for the UNet and the decoder.
+        autocast: bf16 autocast for the UNet (the VAE decoder always runs in fp32).
         aug_t: previous-slice augmentation level at inference (None = module's `aug_t`).
         decode_batch: slices per VAE decoder call.
         batch_cfg: both guidance branches in one forward (False: two passes, for benchmarks).
@@ -77,7 +77,6 @@ def generate_volume(
         null_tok, null_mask = module.null_text(b)
         uncond = {"context": null_tok.to(context.dtype), "context_mask": null_mask}
     levels = torch.full((b,), level, device=device, dtype=torch.long)
-    dtype = torch.bfloat16 if autocast else torch.float32
     latents = torch.empty(b, nz, c, *hw, device=device)  # (B, Z, C, h, w)
     prev = torch.zeros(b, c, *hw, device=device)
     for k in range(nz):
@@ -96,8 +95,7 @@ def generate_volume(
         prev = z.float()
     flat = latents.reshape(b * nz, c, *hw)
     out = []
-    for s in range(0, len(flat), decode_batch):
-        with torch.autocast(device.type, dtype=dtype, enabled=autocast):
-            out.append(vae.decode_hu(flat[s : s + decode_batch]).float())
+    for s in range(0, len(flat), decode_batch):  # fp32: bf16 rounding costs HU on soft tissue
+        out.append(vae.decode_hu(flat[s : s + decode_batch]).float())
     hu = torch.cat(out).reshape(b, nz, nx, ny).permute(0, 2, 3, 1)  # (B, X, Y, Z)
     return hu.contiguous()

@@ -113,3 +113,22 @@ def test_resume_continues_at_the_right_step(tiny_phantom: Path, tmp_path: Path) 
     second = cli.main(args=[*common, "--trainer.max_steps", "3"])
     assert second.trainer.global_step == 3
     assert int(second.model.ema_updates) == 3  # EMA state came back with the checkpoint
+
+
+def test_logit_adjustment_undoes_class_weights() -> None:
+    """The sampler adds prior_correction * logit_bias (= -log w_k, set from the loss weights) to
+    the x0 logits: a strongly favoured class takes over only when the correction is applied."""
+    from stage1_mask.module import class_weights_from_frequencies
+
+    freq = torch.tensor([0.5, 0.2, 0.2, 0.1])
+    w = class_weights_from_frequencies(freq, cap=3.0, overrides={3: 10.0})
+    assert float(w[3]) == 10.0 and float(w[0]) == 1.0 and 1.0 <= float(w[1]) <= 3.0
+    torch.manual_seed(0)
+    sampler = MaskSampler(12, **TINY_SAMPLER).eval()
+    sampler.logit_bias[5] = 50.0  # as if class 5 had weight e^-50: the correction favours it
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    kw = {"steps": 2, "guidance": 1.0, "grid": [16, 16, 8], "bf16": False}
+    on = sample_masks(sampler, ["tumor: none."], gen(), prior_correction=1.0, **kw).argmax(1)
+    off = sample_masks(sampler, ["tumor: none."], gen(), prior_correction=0.0, **kw).argmax(1)
+    assert bool((on == 5).all())
+    assert float((off == 5).float().mean()) < 0.5

@@ -41,9 +41,9 @@ def test_vae_shapes_and_scale() -> None:
 
 
 def test_vae_tiny_overfit(tiny_phantom: Path) -> None:
-    """8 slices (32 x 32 at 12 mm, nearly all edges) overfit to RMSE <= 100 HU from ~740 HU at
-    init: a broken encoder or decoder cannot (a constant image is ~500 HU off). The issue's
-    60 HU floor is not reached in a fast test with this architecture (see docs/stage2.md)."""
+    """8 slices (32 x 32 at 12 mm, nearly all edges) overfit to RMSE <= 60 HU (the issue's floor)
+    from ~740 HU at init: a broken encoder or decoder cannot (a constant image is ~500 HU off).
+    One-cycle learning rate (peak 5e-3): ~40 HU after 400 steps (a constant 2e-3: ~80 HU)."""
     from stage2_ct.data import load_cases
 
     torch.manual_seed(0)
@@ -51,7 +51,8 @@ def test_vae_tiny_overfit(tiny_phantom: Path) -> None:
     hu = store.hu[0, :, :, 4:12].permute(2, 0, 1)[:, None].float().clamp(-1000, 1000)  # (8, 1, 32, 32)
     x = hu_to_model(hu)
     vae = SliceAutoencoder(channels=[32, 32], num_res_blocks=[1, 1])
-    opt = torch.optim.Adam(vae.parameters(), lr=2e-3)
+    opt = torch.optim.Adam(vae.parameters(), lr=5e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-3, total_steps=400, pct_start=0.1)
     start = float(((vae.reconstruct_hu(hu) - hu) ** 2).mean().sqrt())
     for _ in range(400):
         mu, logvar = vae.encode(x)
@@ -60,8 +61,9 @@ def test_vae_tiny_overfit(tiny_phantom: Path) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sched.step()
     rmse = float(((vae.reconstruct_hu(hu) - hu) ** 2).mean().sqrt())
-    assert rmse <= 100.0 and rmse < start / 5, (start, rmse)
+    assert rmse <= 60.0 and rmse < start / 5, (start, rmse)
 
 
 @pytest.fixture(scope="module")
