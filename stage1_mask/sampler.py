@@ -42,6 +42,10 @@ class MaskSampler(nn.Module):
             separate (frozen) artifact attached with `attach_text_encoder`.
         text_dims: (width W, pooled dim E) of the encoder; needed only when `text_encoder` is None.
         scheduler: CategoricalScheduler keyword arguments (num_classes is added).
+        likelihood_skip: add log q(x_t | x_0 = k) (the voxel's own evidence, closed form) to the
+            UNet's x0 logits, so the UNet learns only the context part. Without it the
+            patch-stem UNet failed to copy small structures even from a clean input (a
+            31-voxel tumour came back with recall 0.19 at t = 0 after 1,000 steps).
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class MaskSampler(nn.Module):
         text_encoder: dict[str, Any] | None = None,
         text_dims: Sequence[int] | None = None,
         scheduler: dict[str, Any] | None = None,
+        likelihood_skip: bool = True,
     ) -> None:
         super().__init__()
         self.text_encoder: TextEncoder | None = TextEncoder(**text_encoder) if text_encoder else None
@@ -66,11 +71,13 @@ class MaskSampler(nn.Module):
         self.unet, self.unet_args = build_unet(unet_preset, **overrides)
         self.scheduler = CategoricalScheduler(num_classes, **(scheduler or {}))
         self.num_classes = num_classes
+        self.likelihood_skip = bool(likelihood_skip)
         # -log(class loss weight) (K,): the logit adjustment applied when sampling (set in training)
         self.register_buffer("logit_bias", torch.zeros(num_classes))
         self.config = {"num_classes": num_classes, "unet_preset": unet_preset,
                        "unet_overrides": dict(unet_overrides or {}), "text_encoder": text_encoder,
-                       "text_dims": [width, pooled], "scheduler": dict(scheduler or {})}
+                       "text_dims": [width, pooled], "scheduler": dict(scheduler or {}),
+                       "likelihood_skip": self.likelihood_skip}
 
     def attach_text_encoder(self, encoder: TextEncoder) -> None:
         """Use a separately loaded (frozen) text encoder, e.g. the shared CLIP artifact."""
@@ -94,7 +101,10 @@ class MaskSampler(nn.Module):
         context_mask: torch.Tensor, cond_vector: torch.Tensor,
     ) -> torch.Tensor:
         """x (B, K, *S) one-hot x_t, t (B,) -> x0 logits (B, K, *S) in float32."""
-        return self.unet(x, t, context, context_mask, cond_vector).float()
+        logits = self.unet(x, t, context, context_mask, cond_vector).float()
+        if self.likelihood_skip:
+            logits = logits + self.scheduler.log_likelihood(x.float(), t)
+        return logits
 
 
 def drop_condition(cond: Context, null: Context, p: float, generator: torch.Generator | None = None) -> Context:

@@ -109,6 +109,14 @@ class CategoricalScheduler(SamplingTimesteps, nn.Module):
         a = self._abar(t, x0)
         return a * x0 + (1 - a) / self.num_classes
 
+    def log_likelihood(self, xt: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """log q(x_t | x_0 = k) for every class k: (B, K, *S) from one-hot x_t (B, K, *S).
+
+        The evidence each voxel of x_t carries about its own x_0 (Q-bar_t is symmetric, so this
+        is log(abar_t x_t + (1 - abar_t)/K)); softmax over k is p(x_0 | x_t) under a uniform prior.
+        Added to a network's x0 logits it leaves the network only the context (prior) part."""
+        return self.q_probs(xt, t).log()
+
     def q_sample(
         self, x0: torch.Tensor, t: torch.Tensor | int, generator: torch.Generator | None = None
     ) -> torch.Tensor:

@@ -178,3 +178,17 @@ def test_timesteps_and_errors():
         sched.step(torch.zeros(1, K, 2), 5, torch.zeros(1, K, 2))
     with pytest.raises(ValueError, match="labels must be"):
         sched.q_probs(torch.full((1, 2), K), 0)
+
+
+def test_log_likelihood_is_bayes_posterior_under_uniform_prior() -> None:
+    """softmax_k log q(x_t | x_0 = k) = q(x_t | k) / sum_j q(x_t | j) (float64, closed form)."""
+    k, t = 5, torch.tensor([0, 30, 99])
+    sched = CategoricalScheduler(k, num_train_timesteps=100).double()
+    xt = torch.nn.functional.one_hot(torch.tensor([[1, 4], [0, 2], [3, 3]]), k).permute(0, 2, 1).double()
+    ll = sched.log_likelihood(xt, t)  # (3, K, 2)
+    abar = sched.alpha_bar[t].view(-1, 1, 1)
+    expected = abar * xt + (1 - abar) / k  # q(x_t | x0 = k): abar [x_t = k] + (1 - abar) / K
+    torch.testing.assert_close(ll.exp(), expected)
+    post = ll.softmax(1)
+    torch.testing.assert_close(post, expected / expected.sum(1, keepdim=True))
+    assert bool((post[0].argmax(0) == xt[0].argmax(0)).all())  # t = 0: the input itself wins
