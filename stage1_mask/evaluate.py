@@ -33,20 +33,27 @@ from stage1_mask.metrics import (
     expected_organs,
     reported_tumor_ml,
 )
+from stage1_mask.postprocess import remove_islands
 from stage1_mask.sampler import MaskSampler, load_stage1, sample_masks
 
 log = logging.getLogger(__name__)
 
 
 def generate(sampler: MaskSampler, texts: list[str], steps: int, guidance: float, seed: int,
-             batch: int) -> tuple[np.ndarray, float]:
+             batch: int, prior_correction: float | None = None) -> tuple[np.ndarray, float]:
     """Label volumes (N, X, Y, Z) uint8 and seconds per mask; batch i uses seed + i."""
     out, t0 = [], time.perf_counter()
     for i in range(0, len(texts), batch):
         gen = torch.Generator().manual_seed(seed + i)
-        probs = sample_masks(sampler, texts[i:i + batch], gen, steps=steps, guidance=guidance)
+        probs = sample_masks(sampler, texts[i:i + batch], gen, steps=steps, guidance=guidance,
+                             prior_correction=prior_correction)
         out.append(probs.argmax(1).to(torch.uint8).numpy())
     return np.concatenate(out), (time.perf_counter() - t0) / max(len(texts), 1)
+
+
+def cleaned(masks: np.ndarray, min_voxels: int) -> np.ndarray:
+    """`remove_islands` on every mask (N, X, Y, Z)."""
+    return np.stack([remove_islands(m, min_voxels) for m in masks])
 
 
 def chance_site_accuracy(cases: list[MaskCase]) -> float:
@@ -152,23 +159,41 @@ def _markdown(report: dict[str, Any]) -> str:
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in report["sweep"]:
             m = r["metrics"]
-            lines.append(f"| {r['steps']} | {r['guidance']} | {m['align']['tumor_sites']:.3f} | "
+            lines.append(f"| {r['steps']} | {r['guidance']} (pc {r.get('prior_correction')}) | {m['align']['tumor_sites']:.3f} | "
                          f"{m['align']['tumor_presence']:.3f} | {m['organ_presence_min']:.3f} | "
                          f"{m['tumor_volume_vs_report']['median']:.2f} | "
                          f"{m['tumor_volume_vs_report']['within_50pct']:.2f} | "
                          f"{m['colon_one_component']:.2f} | {r['sec_per_mask']:.2f} |")
+            if "metrics_clean" in r:
+                c = r["metrics_clean"]
+                lines.append(f"| {r['steps']} | {r['guidance']} (pc {r.get('prior_correction')}, islands removed) | "
+                             f"{c['align']['tumor_sites']:.3f} | {c['align']['tumor_presence']:.3f} | "
+                             f"{c['organ_presence_min']:.3f} | {c['tumor_volume_vs_report']['median']:.2f} | "
+                             f"{c['tumor_volume_vs_report']['within_50pct']:.2f} | "
+                             f"{c['colon_one_component']:.2f} | |")
         lines.append("")
     t = report["true_text"]
     s = report.get("shuffled_text") or {"align": {f: float("nan") for f in LABEL_FIELDS}}
-    lines += ["## Test prompts", "", "| metric | true text | shuffled text |", "|---|---|---|"]
+    c = report.get("true_text_clean")
+    n_isl = report.get("clean_min_voxels")
+    head = "| metric | true text | shuffled text |" + (f" true text, islands < {n_isl} removed |" if c else "")
+    lines += ["## Test prompts", "", head, "|---|---|---|" + ("---|" if c else "")]
+
+    def row(name: str, value: str, shuffled: str, clean: str) -> None:
+        lines.append(f"| {name} | {value} | {shuffled} |" + (f" {clean} |" if c else ""))
+
     for f in LABEL_FIELDS:
-        lines.append(f"| align/{f} | {t['align'][f]:.3f} | {s['align'][f]:.3f} |")
-    lines.append(f"| chance site accuracy | {report['chance_site_accuracy']:.3f} | |")
+        row(f"align/{f}", f"{t['align'][f]:.3f}", f"{s['align'][f]:.3f}", f"{c['align'][f]:.3f}" if c else "")
+    row("chance site accuracy", f"{report['chance_site_accuracy']:.3f}", "", "")
     for key in ("tumor_volume_vs_report", "tumor_volume_vs_case"):
-        lines.append(f"| {key} median | {t[key]['median']:.2f} | |")
-        lines.append(f"| {key} within ±50% | {t[key]['within_50pct']:.2f} | |")
-    lines.append(f"| colon ∪ tumour one component | {t['colon_one_component']:.3f} | |")
-    lines.append(f"| colon ∪ tumour components (mean) | {t['colon_components_mean']:.2f} | |")
+        row(f"{key} median", f"{t[key]['median']:.2f}", "", f"{c[key]['median']:.2f}" if c else "")
+        row(f"{key} within ±50%", f"{t[key]['within_50pct']:.2f}", "",
+            f"{c[key]['within_50pct']:.2f}" if c else "")
+    row("colon ∪ tumour one component", f"{t['colon_one_component']:.3f}", "",
+        f"{c['colon_one_component']:.3f}" if c else "")
+    row("colon ∪ tumour components (mean)", f"{t['colon_components_mean']:.2f}", "",
+        f"{c['colon_components_mean']:.2f}" if c else "")
+    row("min organ presence", f"{t['organ_presence_min']:.3f}", "", f"{c['organ_presence_min']:.3f}" if c else "")
     lines += ["", "| organ | presence rate | Dice vs case |", "|---|---|---|"]
     for organ, rate in t["organ_presence"].items():
         lines.append(f"| {organ} | {rate:.3f} | {t['dice_vs_case'][organ]:.3f} |")
@@ -191,10 +216,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--sweep-steps", type=int, nargs="*", default=[])
     parser.add_argument("--sweep-guidance", type=float, nargs="*", default=[])
+    parser.add_argument("--sweep-prior-correction", type=float, nargs="*", default=[])
+    parser.add_argument("--prior-correction", type=float, default=None,
+                        help="logit adjustment strength (default: the artifact's, else 1)")
     parser.add_argument("--sweep-split", default="val")
     parser.add_argument("--sweep-n", type=int, default=32)
     parser.add_argument("--shuffled-only", action="store_true",
                         help="only the shuffled-text control (run it in parallel with the main one)")
+    parser.add_argument("--clean-min-voxels", type=int, default=0,
+                        help="also score the masks after stage1_mask.postprocess.remove_islands "
+                             "with this island size (0 = off)")
     parser.add_argument("--preview", default=None, help="PNG: one seed, five tumour sites")
     parser.add_argument("--out", default="runs/stage1/eval")
     args = parser.parse_args(argv)
@@ -209,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     ref_counts = {n: float(np.median([(c.labels == table.id_of(n)).sum() for c in train]))
                   for n in table.names[1:] if table.id_of(n) not in table.tumor_ids}
     report: dict[str, Any] = {"artifact": str(args.artifact), "split": args.split, "seed": args.seed,
+                              "clean_min_voxels": args.clean_min_voxels,
                               "presence_threshold": "organ voxels >= 10% of its median train volume"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -217,16 +249,22 @@ def main(argv: list[str] | None = None) -> int:
         sweep_cases = [c for c in cases_all if c.split == args.sweep_split][: args.sweep_n]
         texts = [c.findings.summary() for c in sweep_cases]
         report["sweep_split"], report["sweep"] = args.sweep_split, []
-        for steps in args.sweep_steps:
-            for g in args.sweep_guidance:
-                masks, spm = generate(sampler, texts, steps, g, args.seed, args.batch)
-                m = score(masks, sweep_cases, table, ref_counts)
-                report["sweep"].append({"steps": steps, "guidance": g, "sec_per_mask": spm, "metrics": m})
-                log.info("sweep steps=%d guidance=%.2f site=%.3f presence=%.3f min-organ=%.3f "
-                         "vol=%.2f (%.1fs/mask)", steps, g, m["align"]["tumor_sites"],
-                         m["align"]["tumor_presence"], m["organ_presence_min"],
-                         m["tumor_volume_vs_report"]["median"], spm)
-                (out / "sweep.json").write_text(json.dumps(report["sweep"], indent=1))
+        configs = [(st, g, pc) for st in args.sweep_steps for g in args.sweep_guidance
+                for pc in (args.sweep_prior_correction or [args.prior_correction])]
+        for steps, g, pc in configs:
+            masks, spm = generate(sampler, texts, steps, g, args.seed, args.batch, pc)
+            m = score(masks, sweep_cases, table, ref_counts)
+            row = {"steps": steps, "guidance": g, "prior_correction": pc, "sec_per_mask": spm,
+                   "metrics": m}
+            if args.clean_min_voxels:
+                row["metrics_clean"] = score(cleaned(masks, args.clean_min_voxels), sweep_cases,
+                                             table, ref_counts)
+            report["sweep"].append(row)
+            log.info("sweep steps=%d guidance=%.2f prior-correction=%s site=%.3f presence=%.3f "
+                     "min-organ=%.3f vol=%.2f (%.1fs/mask)", steps, g, pc, m["align"]["tumor_sites"],
+                     m["align"]["tumor_presence"], m["organ_presence_min"],
+                     m["tumor_volume_vs_report"]["median"], spm)
+            (out / "sweep.json").write_text(json.dumps(report["sweep"], indent=1))
 
     if args.n == 0:
         (out / "eval.json").write_text(json.dumps(report, indent=1))
@@ -235,18 +273,22 @@ def main(argv: list[str] | None = None) -> int:
     guidance = meta.get("default_guidance", 2.0) if args.guidance is None else args.guidance
     cases = [c for c in cases_all if c.split == args.split][: args.n]
     texts = [c.findings.summary() for c in cases]
-    report.update(n=len(cases), steps=steps, guidance=guidance,
+    report.update(n=len(cases), steps=steps, guidance=guidance, prior_correction=args.prior_correction,
                   chance_site_accuracy=chance_site_accuracy(cases))
     if not args.shuffled_only:
-        masks, spm = generate(sampler, texts, steps, guidance, args.seed, args.batch)
+        masks, spm = generate(sampler, texts, steps, guidance, args.seed, args.batch,
+                              args.prior_correction)
         report["sec_per_mask"] = spm
         report["true_text"] = score(masks, cases, table, ref_counts)
+        if args.clean_min_voxels:
+            report["true_text_clean"] = score(cleaned(masks, args.clean_min_voxels), cases, table,
+                                              ref_counts)
     n_shuf = len(cases) if args.n_shuffled is None else min(args.n_shuffled, len(cases))
     if n_shuf:
         sub = cases[:n_shuf]
         perm = derangement(n_shuf, args.seed)
         shuffled, _ = generate(sampler, [texts[j] for j in perm], steps, guidance, args.seed,
-                               args.batch)
+                               args.batch, args.prior_correction)
         report["shuffled_text"] = score(shuffled, sub, table, ref_counts)
         report["shuffled_text"]["chance_site_accuracy"] = chance_site_accuracy(sub)
     if args.preview:

@@ -143,14 +143,15 @@ def sample_masks(
     guidance: float = 2.0,
     grid: Sequence[int] | None = None,
     bf16: bool = True,
-    prior_correction: float = 1.0,
+    prior_correction: float | None = None,
 ) -> torch.Tensor:
     """Sample label volumes for `summaries` (strings or Findings) -> probs (B, K, X, Y, Z).
 
     Labels are `probs.argmax(1)`. CFG pair in one batched forward (guidance w: 1 = conditional
     only, 0 = unconditional); bf16 autocast on the module's device when `bf16`.
     `prior_correction` scales the logit adjustment -log w_k that undoes the class weights of the
-    training loss (1 = full correction, 0 = the raw, weight-inflated logits). `grid` defaults
+    training loss (1 = full correction, 0 = the raw, weight-inflated logits; None = the artifact's
+    `default_prior_correction`, else 1). `grid` defaults
     to the artifact / module grid. The generator drives every random draw (reproducible).
     """
     sampler = _sampler_of(module)
@@ -164,6 +165,8 @@ def sample_masks(
     x_T = sampler.scheduler.init_noise((b, k, *grid), generator=generator, device=device)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
                 else contextlib.nullcontext())
+    if prior_correction is None:
+        prior_correction = getattr(sampler, "artifact_metadata", {}).get("default_prior_correction", 1.0)
     bias = (prior_correction * sampler.logit_bias).view(1, k, *([1] * len(grid)))
 
     def model_fn(x: torch.Tensor, t: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
