@@ -132,3 +132,29 @@ def test_logit_adjustment_undoes_class_weights() -> None:
     off = sample_masks(sampler, ["tumor: none."], gen(), prior_correction=0.0, **kw).argmax(1)
     assert bool((on == 5).all())
     assert float((off == 5).float().mean()) < 0.5
+
+
+def test_evaluate_script_sweeps_and_scores_cleaned_masks(tiny_phantom: Path, tmp_path: Path) -> None:
+    """stage1_mask.evaluate end to end on an untrained tiny artifact: sweep rows per
+    (steps, guidance, prior correction), true / shuffled / cleaned scores, markdown."""
+    import json
+
+    from stage1_mask import evaluate
+
+    torch.manual_seed(0)
+    meta = {"grid": [16, 16, 8], "spacing": [24.0, 24.0, 50.0], "class_names": [str(i) for i in range(12)],
+            "default_steps": 2, "default_guidance": 2.0}
+    export_stage1(MaskSampler(12, **TINY_SAMPLER).eval(), tmp_path / "s1", meta, half=False)
+    out = tmp_path / "eval"
+    assert evaluate.main(["--artifact", str(tmp_path / "s1"), "--manifest", str(tiny_phantom),
+                          "--split", "train", "--n", "2", "--sweep-steps", "2", "--sweep-guidance", "1",
+                          "--sweep-prior-correction", "0", "1", "--sweep-split", "train", "--sweep-n", "2",
+                          "--clean-min-voxels", "4", "--out", str(out)]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert [r["prior_correction"] for r in report["sweep"]] == [0.0, 1.0]
+    assert all("metrics_clean" in r for r in report["sweep"])
+    for key in ("true_text", "true_text_clean", "shuffled_text"):
+        assert report[key]["n"] == 2 and 0.0 <= report[key]["align"]["tumor_sites"] <= 1.0
+    # cleaning never adds colon/tumour components
+    assert report["true_text_clean"]["colon_components_mean"] <= report["true_text"]["colon_components_mean"]
+    assert "islands < 4 removed" in (out / "eval.md").read_text()
