@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 import pytest
-
 from hypothesis import settings
 
 settings.register_profile("ci", max_examples=60, deadline=None)
