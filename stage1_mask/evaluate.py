@@ -40,13 +40,14 @@ log = logging.getLogger(__name__)
 
 
 def generate(sampler: MaskSampler, texts: list[str], steps: int, guidance: float, seed: int,
-             batch: int, prior_correction: float | None = None) -> tuple[np.ndarray, float]:
+             batch: int, prior_correction: float | None = None,
+             size_control: bool | None = None) -> tuple[np.ndarray, float]:
     """Label volumes (N, X, Y, Z) uint8 and seconds per mask; batch i uses seed + i."""
     out, t0 = [], time.perf_counter()
     for i in range(0, len(texts), batch):
         gen = torch.Generator().manual_seed(seed + i)
         probs = sample_masks(sampler, texts[i:i + batch], gen, steps=steps, guidance=guidance,
-                             prior_correction=prior_correction)
+                             prior_correction=prior_correction, size_control=size_control)
         out.append(probs.argmax(1).to(torch.uint8).numpy())
     return np.concatenate(out), (time.perf_counter() - t0) / max(len(texts), 1)
 
@@ -219,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-prior-correction", type=float, nargs="*", default=[])
     parser.add_argument("--prior-correction", type=float, default=None,
                         help="logit adjustment strength (default: the artifact's, else 1)")
+    parser.add_argument("--size-control", choices=["expected", "argmax", "off"], default=None,
+                        help="match the tumour volume to the reported size at sampling "
+                             "(stage1_mask.size; default: the artifact's, else off)")
     parser.add_argument("--sweep-split", default="val")
     parser.add_argument("--sweep-n", type=int, default=32)
     parser.add_argument("--shuffled-only", action="store_true",
@@ -232,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    size = {None: None, "off": False}.get(args.size_control, args.size_control)
     sampler = load_stage1(args.artifact)
     meta = sampler.artifact_metadata
     table = default_labels()
@@ -252,9 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         configs = [(st, g, pc) for st in args.sweep_steps for g in args.sweep_guidance
                 for pc in (args.sweep_prior_correction or [args.prior_correction])]
         for steps, g, pc in configs:
-            masks, spm = generate(sampler, texts, steps, g, args.seed, args.batch, pc)
+            masks, spm = generate(sampler, texts, steps, g, args.seed, args.batch, pc, size)
             m = score(masks, sweep_cases, table, ref_counts)
-            row = {"steps": steps, "guidance": g, "prior_correction": pc, "sec_per_mask": spm,
+            row = {"steps": steps, "guidance": g, "prior_correction": pc, "size_control": size,
+                   "sec_per_mask": spm,
                    "metrics": m}
             if args.clean_min_voxels:
                 row["metrics_clean"] = score(cleaned(masks, args.clean_min_voxels), sweep_cases,
@@ -274,10 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     cases = [c for c in cases_all if c.split == args.split][: args.n]
     texts = [c.findings.summary() for c in cases]
     report.update(n=len(cases), steps=steps, guidance=guidance, prior_correction=args.prior_correction,
+                  size_control=size,
                   chance_site_accuracy=chance_site_accuracy(cases))
     if not args.shuffled_only:
         masks, spm = generate(sampler, texts, steps, guidance, args.seed, args.batch,
-                              args.prior_correction)
+                              args.prior_correction, size)
         report["sec_per_mask"] = spm
         report["true_text"] = score(masks, cases, table, ref_counts)
         if args.clean_min_voxels:
@@ -288,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         sub = cases[:n_shuf]
         perm = derangement(n_shuf, args.seed)
         shuffled, _ = generate(sampler, [texts[j] for j in perm], steps, guidance, args.seed,
-                               args.batch, args.prior_correction)
+                               args.batch, args.prior_correction, size)
         report["shuffled_text"] = score(shuffled, sub, table, ref_counts)
         report["shuffled_text"]["chance_site_accuracy"] = chance_site_accuracy(sub)
     if args.preview:

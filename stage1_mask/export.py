@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", type=float, default=None, help="default CFG scale to record")
     parser.add_argument("--prior-correction", type=float, default=None,
                         help="default logit-adjustment strength to record (sample_masks)")
+    parser.add_argument("--size-control", choices=["expected", "argmax", "off"], default=None,
+                        help="default tumour size control to record (sample_masks, stage1_mask.size)")
     parser.add_argument("--text-artifact", default=None,
                         help="name of the external text-encoder artifact (then not embedded)")
     parser.add_argument("--fp32", action="store_true", help="store float32 (default float16)")
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         meta["default_guidance"] = args.guidance
     if args.prior_correction is not None:
         meta["default_prior_correction"] = args.prior_correction
+    if args.size_control is not None:
+        meta["default_size_control"] = False if args.size_control == "off" else args.size_control
     meta["trained_steps"] = module.trained_steps
     meta["weights"] = "raw" if args.raw else "ema"
     stem = export_stage1(module.model if args.raw else module.ema_model, args.out, meta, args.text_artifact, half=not args.fp32)

@@ -26,7 +26,7 @@ import torch
 
 from shared.findings import Findings
 from shared.io.artifact import load_component
-from stage1_mask.ema import ema_decay, ema_update
+from shared.nets.ema import ema_decay, ema_update
 from stage1_mask.metrics import LABEL_FIELDS, alignment, dice_per_class
 from stage1_mask.sampler import MaskSampler, drop_condition, sample_masks, trim_context
 

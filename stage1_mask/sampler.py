@@ -24,8 +24,10 @@ from torch import nn
 from shared.diffusion import CategoricalScheduler, sample_loop
 from shared.findings import Findings
 from shared.io.artifact import load_component, read_component_spec, save_component
+from shared.labels import default_labels
 from shared.nets import build_unet
 from shared.text.encoder import TextEncoder
+from stage1_mask.size import match_class_volume, target_tumor_voxels
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +146,7 @@ def sample_masks(
     grid: Sequence[int] | None = None,
     bf16: bool = True,
     prior_correction: float | None = None,
+    size_control: bool | str | None = None,
 ) -> torch.Tensor:
     """Sample label volumes for `summaries` (strings or Findings) -> probs (B, K, X, Y, Z).
 
@@ -151,7 +154,9 @@ def sample_masks(
     only, 0 = unconditional); bf16 autocast on the module's device when `bf16`.
     `prior_correction` scales the logit adjustment -log w_k that undoes the class weights of the
     training loss (1 = full correction, 0 = the raw, weight-inflated logits; None = the artifact's
-    `default_prior_correction`, else 1). `grid` defaults
+    `default_prior_correction`, else 1). `size_control`: at every step, shift the tumour
+    logit of each sample so that its expected tumour volume equals the size its text reports
+    (`stage1_mask.size`; None = the artifact's `default_size_control`, else off). `grid` defaults
     to the artifact / module grid. The generator drives every random draw (reproducible).
     """
     sampler = _sampler_of(module)
@@ -172,14 +177,45 @@ def sample_masks(
     def model_fn(x: torch.Tensor, t: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
         return sampler(x, t, **cond) + bias  # (B, K, *S) adjusted x0 logits
 
+    output_fn = None
+    if size_control is None:
+        size_control = getattr(sampler, "artifact_metadata", {}).get("default_size_control", False)
+    if size_control:
+        mode = size_control if isinstance(size_control, str) else "expected"
+        target = target_tumor_voxels(summaries, _spacing_of(module, sampler))  # (B,) voxels, NaN = free
+        tumor = _tumor_class(module, sampler)
+
+        def output_fn(logits: torch.Tensor) -> torch.Tensor:
+            return match_class_volume(logits, tumor, target, mode)
+
     with autocast:
         _, probs = sample_loop(
             model_fn, sampler.scheduler, x_T, generator=generator, guidance=guidance,
             cond=dict(zip(keys, cond, strict=True)), uncond=dict(zip(keys, null, strict=True)),
-            num_inference_steps=steps, batch_cfg=True,
+            num_inference_steps=steps, batch_cfg=True, output_fn=output_fn,
         )
     sampler.train(was_training)
     return probs.float()
+
+
+def _spacing_of(module: nn.Module, sampler: MaskSampler) -> list[float]:
+    spacing = getattr(module, "spacing", None) or getattr(sampler, "artifact_metadata", {}).get("spacing")
+    if not spacing:
+        raise ValueError("size_control needs the grid spacing (artifact metadata 'spacing' or module.spacing)")
+    return [float(v) for v in spacing]
+
+
+def _tumor_class(module: nn.Module, sampler: MaskSampler) -> int:
+    """Class id of the (first) tumour label, by name where the class names are known."""
+    table = default_labels()
+    names = getattr(sampler, "artifact_metadata", {}).get("class_names")
+    if not names and hasattr(module, "hparams"):
+        names = module.hparams.get("class_names")
+    tumor_names = [table.names[i] for i in table.tumor_ids]
+    for i, name in enumerate(names or []):
+        if name in tumor_names:
+            return i
+    return table.tumor_ids[0]
 
 
 # -------------------------------------------------------------------- artifact

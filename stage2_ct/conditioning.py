@@ -1,7 +1,8 @@
 """How the slice LDM sees its conditions (shared by training, generation and the loaders).
 
 Network input for slice k (channels):   [ x_t (C) | prev_aug (C) | mask one-hot at latent grid (K) ]
-cond_vector (B, 2):                     [ slice position k / (Z - 1), prev augmentation level ]
+cond_vector (B, 2 [+ E]):               [ slice position k / (Z - 1), prev augmentation level
+                                          (, pooled text embedding where `pooled_text`) ]
 context (B, L, D) + mask (B, L):        text tokens of Findings.summary() (cross-attention)
 
 Previous-slice noise augmentation (Ho et al. 2022, cascaded diffusion "conditioning
@@ -37,7 +38,7 @@ def augment_prev(
 
 class SliceDenoiser(nn.Module):
     """Wraps the UNet with the input layout above: forward(x_t, t, prev, seg, position, level,
-    context, context_mask) -> model output (B, C, h, w)."""
+    context, context_mask, pooled) -> model output (B, C, h, w)."""
 
     def __init__(self, unet: nn.Module, num_train_timesteps: int) -> None:
         super().__init__()
@@ -47,9 +48,11 @@ class SliceDenoiser(nn.Module):
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, prev: torch.Tensor, seg: torch.Tensor,
         position: torch.Tensor, level: torch.Tensor, context: torch.Tensor | None = None,
-        context_mask: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None, pooled: torch.Tensor | None = None,
     ) -> torch.Tensor:
         inp = torch.cat([x, prev.to(x.dtype), seg.to(x.dtype)], dim=1)  # (B, 2C + K, h, w)
-        cond = torch.cat([position.reshape(-1, 1).float(),
-                          (level.float().reshape(-1, 1) + 1) / self.num_train_timesteps], dim=1)
+        parts = [position.reshape(-1, 1).float(), (level.float().reshape(-1, 1) + 1) / self.num_train_timesteps]
+        if pooled is not None:
+            parts.append(pooled.float())  # (B, E)
+        cond = torch.cat(parts, dim=1)  # (B, 2 [+ E])
         return self.unet(inp, t, context=context, context_mask=context_mask, cond_vector=cond)

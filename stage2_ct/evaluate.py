@@ -102,12 +102,12 @@ def organ_means(vol: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return out
 
 
-def run_generation(module, vae, masks, summaries, seed, steps, guidance, batch) -> np.ndarray:
+def run_generation(module, vae, masks, summaries, seed, steps, guidance, batch, aug_t=None) -> np.ndarray:
     outs = []
     for s in range(0, len(summaries), batch):
         g = torch.Generator().manual_seed(seed + s)
         outs.append(generate_volume(module, vae, masks[s : s + batch], summaries[s : s + batch], g,
-                                    steps=steps, guidance=guidance).numpy())
+                                    steps=steps, guidance=guidance, aug_t=aug_t).numpy())
     return np.concatenate(outs)
 
 
@@ -117,9 +117,10 @@ def evaluate_ldm(module, vae, manifest: Path, store, findings: list[Findings], a
     real = store.hu.numpy().astype(np.float32).clip(-1000, 1000)
     t0 = time.time()
     gen = run_generation(module, vae, store.labels, store.summaries, args.seed, args.steps,
-                         args.guidance, args.batch)
+                         args.guidance, args.batch, args.aug_t)
     gen_s = time.time() - t0
     res: dict[str, Any] = {"n_cases": len(gen), "steps": args.steps, "guidance": args.guidance,
+                           "aug_t": args.aug_t,
                            "seconds_per_volume": gen_s / len(gen)}
     # organ HU grouped by (phase, fatty)
     rows = []
@@ -180,8 +181,10 @@ def phase_experiment(module, vae, manifest: Path, store, findings, n: int, args)
     masks = store.labels[idx]
     summaries_pv = [replace(findings[i], phase="portal_venous").summary() for i in idx]
     summaries_nc = [replace(findings[i], phase="non_contrast").summary() for i in idx]
-    pv = run_generation(module, vae, masks, summaries_pv, args.seed + 7, args.steps, args.guidance, args.batch)
-    nc = run_generation(module, vae, masks, summaries_nc, args.seed + 7, args.steps, args.guidance, args.batch)
+    pv = run_generation(module, vae, masks, summaries_pv, args.seed + 7, args.steps, args.guidance, args.batch,
+                        args.aug_t)
+    nc = run_generation(module, vae, masks, summaries_nc, args.seed + 7, args.steps, args.guidance, args.batch,
+                        args.aug_t)
     rows = []
     for j, i in enumerate(idx):
         seed = json.loads((root / "findings" / f"{store.case_ids[i]}.json").read_text())["seed"]
@@ -208,7 +211,7 @@ def mask_experiment(module, vae, store, args) -> dict[str, Any]:
     for m in masks:
         g = torch.Generator().manual_seed(args.seed + 11)
         out.append(generate_volume(module, vae, m[None], texts[:1], g, steps=args.steps,
-                                   guidance=args.guidance)[0].numpy())
+                                   guidance=args.guidance, aug_t=args.aug_t)[0].numpy())
     differ = (masks[0] != masks[1]).numpy()
     d = np.abs(out[0] - out[1])
     return {"mean_abs_diff_where_labels_differ": float(d[differ].mean()),
@@ -258,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-phase", type=int, default=4)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=1.5)
+    p.add_argument("--aug-t", type=int, default=None,
+                   help="previous-slice augmentation level at inference (default: the model's)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)

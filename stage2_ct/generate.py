@@ -70,12 +70,8 @@ def generate_volume(
     scheduler = module.scheduler
     scheduler.set_timesteps(steps)
 
-    context, context_mask = module.encode_text(list(summaries))
-    cond = {"context": context, "context_mask": context_mask}
-    uncond = None
-    if guidance != 1.0:
-        null_tok, null_mask = module.null_text(b)
-        uncond = {"context": null_tok.to(context.dtype), "context_mask": null_mask}
+    cond = module.encode_text(list(summaries))  # context, context_mask, pooled
+    uncond = module.null_text(b) if guidance != 1.0 else None
     levels = torch.full((b,), level, device=device, dtype=torch.long)
     latents = torch.empty(b, nz, c, *hw, device=device)  # (B, Z, C, h, w)
     prev = torch.zeros(b, c, *hw, device=device)

@@ -13,6 +13,7 @@ checkpoint. `export()` writes the UNet + text encoder as component artifacts plu
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from shared.diffusion import GaussianScheduler
 from shared.io.artifact import save_component
 from shared.nets import build_unet
+from shared.nets.ema import ema_decay, ema_update
 from shared.text.encoder import TextEncoder
 from stage2_ct.common import check_finite, warmup_cosine
 from stage2_ct.conditioning import SliceDenoiser, augment_prev, mask_to_latent_grid
@@ -47,6 +49,11 @@ class SliceLDMModule(L.LightningModule):
         p_prev_drop: probability of training with a zero previous slice at any k.
         lr, text_lr, warmup_steps, decay_steps: AdamW and its warm-up + cosine schedule.
         export_path: where `on_train_end` writes the LDM artifact (None = not exported).
+        pooled_text: also add the pooled text embedding (B, E) to the time embedding
+            (`cond_vector`): a global path for what is global in the text (contrast phase,
+            fatty liver), besides the token cross-attention.
+        ema_decay: EMA of the denoiser and text encoder weights (with warm-up; 0 = off); the
+            export writes the EMA weights.
     """
 
     def __init__(
@@ -69,19 +76,27 @@ class SliceLDMModule(L.LightningModule):
         warmup_steps: int = 200,
         decay_steps: int | None = None,
         export_path: str | None = None,
+        pooled_text: bool = False,
+        ema_decay: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.strict_loading = False  # the frozen VAE is not in the checkpoint
         self.text = TextEncoder(**(text_encoder or {}))
         unet_args = {**(unet_overrides or {}), "in_channels": 2 * latent_channels + num_classes,
-                     "out_channels": latent_channels, "extra_embed_dim": 2,
+                     "out_channels": latent_channels,
+                     "extra_embed_dim": 2 + (self.text.embed_dim if pooled_text else 0),
                      "context_dim": self.text.width}
         unet, self.unet_args = build_unet(unet_preset, **unet_args)
         self.scheduler_args = dict(scheduler or {})
         self.scheduler = GaussianScheduler(**self.scheduler_args)
         self.denoiser = SliceDenoiser(unet, self.scheduler.num_train_timesteps)
         self.vae = None
+        self.ema = None
+        if ema_decay > 0:  # (denoiser, text) averaged weights, updated after each optimizer step
+            self.ema = torch.nn.ModuleDict({"denoiser": copy.deepcopy(self.denoiser),
+                                            "text": copy.deepcopy(self.text)}).requires_grad_(False)
+            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -94,8 +109,13 @@ class SliceLDMModule(L.LightningModule):
 
             trained = load_component(self.hparams.text_encoder_artifact)
             self.text.load_state_dict(trained.state_dict())
+            if self.ema is not None:
+                self.ema["text"].load_state_dict(trained.state_dict())
         if self.vae is None and self.hparams.vae_path:
             self.vae = load_vae(self.hparams.vae_path, map_location=self.device)
+        if self.vae is not None and self.vae.latent_channels != self.hparams.latent_channels:
+            raise ValueError(f"model.latent_channels = {self.hparams.latent_channels} but the VAE "
+                             f"{self.hparams.vae_path} has {self.vae.latent_channels} latent channels")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
@@ -103,18 +123,23 @@ class SliceLDMModule(L.LightningModule):
             del state[k]
 
     # ------------------------------------------------------------------ conditioning
-    def encode_text(self, texts: list[str], drop: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text tokens (B, L, D) and mask (B, L); rows where `drop` is True get the null context."""
-        tokens, mask, _ = self.text.encode(list(texts))
+    def encode_text(self, texts: list[str], drop: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
+        """Denoiser text inputs: context tokens (B, L, D), context_mask (B, L), pooled (B, E) or
+        None (`pooled_text` off); rows where `drop` is True get the null context."""
+        tokens, mask, pooled = self.text.encode(list(texts))
         if drop is not None and drop.any():
-            null_tok, null_mask, _ = self.text.null_context(len(texts))
+            null_tok, null_mask, null_pooled = self.text.null_context(len(texts))
             tokens = torch.where(drop[:, None, None], null_tok.to(tokens.dtype), tokens)
             mask = torch.where(drop[:, None], null_mask, mask)
-        return tokens, mask
+            pooled = torch.where(drop[:, None], null_pooled.to(pooled.dtype), pooled)
+        return self._text_inputs(tokens, mask, pooled)
 
-    def null_text(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens, mask, _ = self.text.null_context(batch)
-        return tokens, mask
+    def null_text(self, batch: int) -> dict[str, torch.Tensor | None]:
+        return self._text_inputs(*self.text.null_context(batch))
+
+    def _text_inputs(self, tokens: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor) -> dict[str, Any]:
+        return {"context": tokens, "context_mask": mask,
+                "pooled": pooled if self.hparams.pooled_text else None}
 
     # ------------------------------------------------------------------ training
     def diffusion_loss(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -129,11 +154,11 @@ class SliceLDMModule(L.LightningModule):
             torch.full((b,), hp.aug_t, device=z0.device)
         prev_aug = augment_prev(self.scheduler, prev, level)
         drop = torch.rand(b, device=z0.device) < (hp.p_uncond if self.training else 0.0)
-        context, context_mask = self.encode_text(batch["text"], drop)
+        text = self.encode_text(batch["text"], drop)
         t = torch.randint(0, self.scheduler.num_train_timesteps, (b,), device=z0.device)
         noise = torch.randn_like(z0)
         xt = self.scheduler.add_noise(z0, noise, t)
-        out = self.denoiser(xt, t, prev_aug, seg, batch["position"], level, context, context_mask)
+        out = self.denoiser(xt, t, prev_aug, seg, batch["position"], level, **text)
         return F.mse_loss(out.float(), self.scheduler.training_target(z0, noise, t).float())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -141,6 +166,15 @@ class SliceLDMModule(L.LightningModule):
         check_finite(loss, self.global_step)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["text"]))
         return loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then the EMA update (before any checkpoint of this step is saved)."""
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            decay = ema_decay(int(self.ema_updates), self.hparams.ema_decay)
+            ema_update(self.ema["denoiser"], self.denoiser, decay)
+            ema_update(self.ema["text"], self.text, decay)
+            self.ema_updates += 1
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         gen = torch.random.fork_rng(devices=[])  # fixed noise: comparable val losses
@@ -170,19 +204,23 @@ def export_ldm(module: SliceLDMModule, path: str | Path) -> Path:
     """Write `path` (UNet + LDM metadata) and `path`_text (the text encoder) as components."""
     stem = Path(path).with_suffix("") if Path(path).suffix in (".yaml", ".safetensors") else Path(path)
     text_stem = stem.with_name(stem.name + "_text")
-    save_component(module.text, text_stem, init_args=module.text.init_args,
-                   metadata={"role": "stage2 text encoder"})
+    ema = module.ema is not None
+    text, denoiser = (module.ema["text"], module.ema["denoiser"]) if ema else (module.text, module.denoiser)
+    save_component(text, text_stem, init_args=module.text.init_args,
+                   metadata={"role": "stage2 text encoder", "weights": "ema" if ema else "raw"})
     hp = module.hparams
     meta = {
         "role": "stage2 slice LDM", "text_encoder": text_stem.name,
         "vae": Path(hp.vae_path).name if hp.vae_path else None,
         "num_classes": hp.num_classes, "latent_channels": hp.latent_channels,
         "scheduler": module.scheduler_args, "aug_t": hp.aug_t, "aug_max_t": hp.aug_max_t,
-        "input_layout": "x_t | prev_aug | mask fractions; cond_vector = [position, (level+1)/T]",
+        "pooled_text": bool(hp.pooled_text), "weights": "ema" if ema else "raw",
+        "input_layout": "x_t | prev_aug | mask fractions; cond_vector = [position, (level+1)/T"
+                        + (", pooled text]" if hp.pooled_text else "]"),
         "trained_steps": int(module.global_step) if module._trainer is not None
         else getattr(module, "trained_steps", None),
     }
-    save_component(module.denoiser.unet, stem, init_args=module.unet_args, metadata=meta)
+    save_component(denoiser.unet, stem, init_args=module.unet_args, metadata=meta)
     log.info("exported slice LDM to %s (+ %s)", stem, text_stem)
     return stem
 
@@ -206,7 +244,7 @@ def load_slice_ldm(
         num_classes=meta["num_classes"], latent_channels=meta["latent_channels"],
         unet_overrides={k: v for k, v in spec["init_args"].items()},
         text_encoder={**text.init_args, "frozen": True}, scheduler=meta["scheduler"],
-        aug_max_t=meta["aug_max_t"], aug_t=meta["aug_t"],
+        aug_max_t=meta["aug_max_t"], aug_t=meta["aug_t"], pooled_text=meta.get("pooled_text", False),
     )
     module.denoiser.unet.load_state_dict(unet.state_dict())
     module.text.load_state_dict(text.state_dict())

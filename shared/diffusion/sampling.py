@@ -83,6 +83,7 @@ def sample_loop(
     num_inference_steps: int | None = None,
     batch_cfg: bool = True,
     callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+    output_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the reverse process from x_T (B, C, *S) through `scheduler.timesteps`.
 
@@ -92,6 +93,8 @@ def sample_loop(
         generator: drives every random draw of the sampler (reproducible runs).
         guidance, cond, uncond, batch_cfg: classifier-free guidance, see `guided_output`.
         callback: called as callback(i, t, x_prev, x0_pred) after each step.
+        output_fn: applied to the guided model output before each step (e.g. a constraint on
+            the x0 logits, `stage1_mask.size.match_class_volume`).
 
     Returns:
         (x, x0_pred) after the last step: the clean sample (one-hot for the categorical
@@ -104,6 +107,8 @@ def sample_loop(
     for i, t in enumerate(scheduler.timesteps.tolist()):
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         out = guided_output(model_fn, x, t_batch, guidance, cond, uncond, batch_cfg)
+        if output_fn is not None:
+            out = output_fn(out)
         x, x0_pred = scheduler.step(out, t, x, generator=generator)
         if callback is not None:
             callback(i, t, x, x0_pred)

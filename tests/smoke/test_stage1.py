@@ -158,3 +158,21 @@ def test_evaluate_script_sweeps_and_scores_cleaned_masks(tiny_phantom: Path, tmp
     # cleaning never adds colon/tumour components
     assert report["true_text_clean"]["colon_components_mean"] <= report["true_text"]["colon_components_mean"]
     assert "islands < 4 removed" in (out / "eval.md").read_text()
+
+
+def test_size_control_gives_the_reported_tumour_volume() -> None:
+    """With size control ("argmax") the sampled tumour takes exactly the voxels of the reported
+    diameter (sphere volume / voxel volume), even for an untrained network; without it, not."""
+    from stage1_mask.size import target_tumor_voxels
+
+    torch.manual_seed(0)
+    sampler = MaskSampler(12, **TINY_SAMPLER).eval()
+    sampler.artifact_metadata = {"spacing": [24.0, 24.0, 50.0]}
+    texts = ["tumor: sigmoid colon 150 mm. spleen: normal.", "tumor: rectum 100 mm. spleen: normal."]
+    kw = {"steps": 2, "guidance": 2.0, "grid": [16, 16, 8], "bf16": False}
+    want = target_tumor_voxels(texts, [24.0, 24.0, 50.0]).round().long()
+    on = sample_masks(sampler, texts, torch.Generator().manual_seed(1), size_control="argmax", **kw)
+    off = sample_masks(sampler, texts, torch.Generator().manual_seed(1), size_control=False, **kw)
+    tumor = 11
+    assert (on.argmax(1) == tumor).flatten(1).sum(1).tolist() == want.tolist()
+    assert (off.argmax(1) == tumor).flatten(1).sum(1).tolist() != want.tolist()
