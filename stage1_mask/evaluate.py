@@ -24,6 +24,7 @@ import torch
 
 from shared.findings import SITES, Findings, Tumor
 from shared.labels import LabelTable, default_labels
+from shared.text.volume import findings_from_volume
 from stage1_mask.data import MaskCase, load_cases
 from stage1_mask.metrics import (
     LABEL_FIELDS,
@@ -90,6 +91,12 @@ def score(masks: np.ndarray, cases: list[MaskCase], table: LabelTable,
                           torch.from_numpy(np.stack([c.labels for c in cases]).astype(np.int64)),
                           table.num_classes)
     organ_rate = {n: float(np.mean(v)) for n, v in present.items() if v}
+    per_case = [{"case": c.case_id, "sites": sorted(c.findings.tumor_sites),
+                 "read_sites": sorted(findings_from_volume(m, c.affine, table=table).tumor_sites),
+                 "site_ok": a["tumor_sites"]} for m, c, a in zip(masks, cases, agree, strict=True)]
+    by_count: dict[str, list[bool]] = {}
+    for r in per_case:
+        by_count.setdefault(str(len(r["sites"])), []).append(r["site_ok"])
     rr, rc = np.array(ratio_report), np.array(ratio_case)
     return {
         "n": len(cases),
@@ -103,6 +110,8 @@ def score(masks: np.ndarray, cases: list[MaskCase], table: LabelTable,
         "colon_one_component": float(np.mean(np.array(comps) == 1)),
         "colon_components_mean": float(np.mean(comps)),
         "dice_vs_case": {table.names[k]: float(dice[k]) for k in range(1, table.num_classes)},
+        "site_accuracy_by_tumour_count": {k: [float(np.mean(v)), len(v)] for k, v in sorted(by_count.items())},
+        "per_case": per_case,
     }
 
 
@@ -220,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-prior-correction", type=float, nargs="*", default=[])
     parser.add_argument("--prior-correction", type=float, default=None,
                         help="logit adjustment strength (default: the artifact's, else 1)")
-    parser.add_argument("--size-control", choices=["expected", "argmax", "off"], default=None,
+    parser.add_argument("--size-control", choices=["expected", "argmax", "per_tumour", "off"], default=None,
                         help="match the tumour volume to the reported size at sampling "
                              "(stage1_mask.size; default: the artifact's, else off)")
     parser.add_argument("--sweep-split", default="val")

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", type=float, default=None, help="default CFG scale to record")
     parser.add_argument("--prior-correction", type=float, default=None,
                         help="default logit-adjustment strength to record (sample_masks)")
-    parser.add_argument("--size-control", choices=["expected", "argmax", "off"], default=None,
+    parser.add_argument("--size-control", choices=["expected", "argmax", "per_tumour", "off"], default=None,
                         help="default tumour size control to record (sample_masks, stage1_mask.size)")
     parser.add_argument("--text-artifact", default=None,
                         help="name of the external text-encoder artifact (then not embedded)")

@@ -91,6 +91,30 @@ def test_ldm_fit_exports_artifacts(tiny_stage2: dict[str, Path]) -> None:
     assert math.isfinite(vae_meta["latent_scale"]) and vae_meta["latent_scale"] > 0
     ldm_meta = read_component_spec(tiny_stage2["ldm"])["metadata"]
     assert ldm_meta["num_classes"] == default_labels().num_classes and ldm_meta["vae"] == "vae"
+    assert ldm_meta["weights"] == "ema" and ldm_meta["pooled_text"] is True  # phantom.yaml's choices
+
+
+def test_pooled_text_reaches_the_denoiser() -> None:
+    """With pooled_text the pooled embedding enters the time embedding: same tokens, different
+    pooled vector -> different output (a global path for phase / fatty liver)."""
+    from stage2_ct.ldm_module import SliceLDMModule
+
+    torch.manual_seed(0)
+    module = SliceLDMModule(
+        vae_path=None, vae_config=None, latent_channels=4, pooled_text=True, ema_decay=0.9,
+        unet_overrides=dict(channels=[8, 16, 32], num_res_blocks=[0, 1, 1],
+                            attention_levels=[False, False, True], head_dim=8, norm_groups=4),
+        text_encoder=dict(text_cfg=dict(width=16, heads=2, layers=1), embed_dim=16)).eval()
+    text = module.encode_text(["tumor: none. phase: portal venous."])
+    assert text["pooled"].shape == (1, 16)
+    x, prev = torch.randn(1, 4, 8, 8), torch.zeros(1, 4, 8, 8)
+    seg = torch.zeros(1, 12, 8, 8)
+    args = (x, torch.tensor([500]), prev, seg, torch.tensor([[0.5]]), torch.tensor([100]))
+    with torch.no_grad():
+        a = module.denoiser(*args, **text)
+        b = module.denoiser(*args, **{**text, "pooled": text["pooled"] + 1.0})
+    assert not torch.allclose(a, b)
+    assert set(module.ema.keys()) == {"denoiser", "text"}
 
 
 def test_generate_volume_two_steps(tiny_stage2: dict[str, Path]) -> None:

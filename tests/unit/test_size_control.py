@@ -15,10 +15,11 @@ def test_target_voxels_from_text_closed_form() -> None:
              "tumor: rectum 20 mm, right colon 30 mm. spleen: normal.",
              "tumor: none. spleen: enlarged."]
     n = target_tumor_voxels(texts, [6.0, 6.0, 10.0])
-    assert n.dtype == torch.float64 and n.shape == (3,)
-    assert math.isclose(float(n[0]), math.pi / 6 * 40**3 / 360.0, rel_tol=1e-12)
-    assert math.isclose(float(n[1]), math.pi / 6 * (20**3 + 30**3) / 360.0, rel_tol=1e-12)
-    assert math.isnan(float(n[2]))
+    assert n.dtype == torch.float64 and n.shape == (3, 2)  # per tumour, largest first, NaN-padded
+    assert math.isclose(float(n[0, 0]), math.pi / 6 * 40**3 / 360.0, rel_tol=1e-12) and math.isnan(float(n[0, 1]))
+    assert math.isclose(float(n[1, 0]), math.pi / 6 * 30**3 / 360.0, rel_tol=1e-12)
+    assert math.isclose(float(n[1].sum()), math.pi / 6 * (20**3 + 30**3) / 360.0, rel_tol=1e-12)
+    assert bool(n[2].isnan().all())
 
 
 @pytest.mark.parametrize("mode", ["expected", "argmax"])
@@ -38,6 +39,22 @@ def test_match_class_volume_hits_the_target_and_keeps_the_ranking(mode: str) -> 
     else:
         counts = (out.argmax(1) == 4).flatten(1).sum(1)
         assert counts[:2].tolist() == [10, 100]
+
+
+def test_per_tumour_mode_keeps_two_separate_tumours() -> None:
+    """Two blobs of tumour evidence, one much stronger: a global count gives all the volume to
+    the strong one; "per_tumour" gives each blob its own reported size."""
+    logits = torch.zeros(1, 3, 20, 20, 10, dtype=torch.float64)
+    logits[0, 2] = -4.0
+    logits[0, 2, 2:6, 2:6, 2:6] = 3.0   # strong blob (64 voxels)
+    logits[0, 2, 14:18, 14:18, 4:8] = 1.0  # weak blob (64 voxels), far away
+    logits[0, 2] += 0.01 * torch.rand(20, 20, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sizes = torch.tensor([[40.0, 20.0]], dtype=torch.float64)
+    glob = match_class_volume(logits, 2, sizes, mode="argmax").argmax(1)[0] == 2
+    per = match_class_volume(logits, 2, sizes, mode="per_tumour").argmax(1)[0] == 2
+    assert int(glob.sum()) == 60 and int(glob[14:18, 14:18, 4:8].sum()) == 0
+    assert int(per[2:6, 2:6, 2:6].sum()) == 40 and int(per[14:18, 14:18, 4:8].sum()) == 20
+    assert int(per.sum()) == 60
 
 
 def test_match_class_volume_rejects_a_wrong_target_shape() -> None:
