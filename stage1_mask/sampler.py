@@ -175,7 +175,7 @@ def sample_masks(
     bias = (prior_correction * sampler.logit_bias).view(1, k, *([1] * len(grid)))
 
     def model_fn(x: torch.Tensor, t: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
-        return sampler(x, t, **cond) + bias  # (B, K, *S) adjusted x0 logits
+        return sampler(x, t, **cond).float() + bias  # (B, K, *S) adjusted x0 logits, float32
 
     output_fn = None
     if size_control is None:

@@ -62,7 +62,7 @@ def match_class_volume(logits: torch.Tensor, class_id: int, target: torch.Tensor
     [-max_shift, max_shift]; the count is increasing in delta); "argmax": the number of voxels
     where the class wins (delta puts the threshold between the n-th and (n+1)-th largest margin);
     "per_tumour": "argmax" per connected component, one component per object (module docstring).
-    Returns new logits (same shape and dtype).
+    Returns new logits (same shape; float32, or float64 for float64 input).
     """
     b = logits.shape[0]
     if target.dim() == 1:
@@ -131,8 +131,9 @@ def _per_component_shift(margin: torch.Tensor, sizes: torch.Tensor,
 
 
 def _shift(logits: torch.Tensor, class_id: int, delta: torch.Tensor) -> torch.Tensor:
-    """logits (B, K, *S) with delta (B,) or a per-voxel field (B, V) added to class `class_id`."""
-    out = logits.clone()
+    """logits (B, K, *S) with delta (B,) or a per-voxel field (B, V) added to class `class_id`
+    (in at least float32: bf16 would round the shift and break the count)."""
+    out = logits.to(torch.promote_types(logits.dtype, torch.float32)).clone()
     out[:, class_id] += delta.reshape(delta.shape[0], *([1] * (logits.dim() - 2)) if delta.dim() == 1
                                       else logits.shape[2:]).to(logits.dtype)
     return out

@@ -46,14 +46,15 @@ def _block_fractions(t: torch.Tensor, out_shape: tuple[int, ...], num_classes: i
     b = t.shape[0]
     factors = [i // o for i, o in zip(t.shape[1:], out_shape, strict=True)]
     # cell index of every fine voxel, then one bincount over (batch, cell, class)
-    cell = torch.zeros((), dtype=torch.long)
+    dev = t.device
+    cell = torch.zeros((), dtype=torch.long, device=dev)
     for d, (o, f) in enumerate(zip(out_shape, factors, strict=True)):
-        idx = torch.arange(o * f) // f  # fine -> coarse index along dim d
+        idx = torch.arange(o * f, device=dev) // f  # fine -> coarse index along dim d
         shape = [1] * len(out_shape)
         shape[d] = -1
         cell = cell * o + idx.view(shape)
     n_cells = int(torch.tensor(out_shape).prod())
-    key = (torch.arange(b).view(-1, *[1] * len(out_shape)) * n_cells + cell) * num_classes + t
+    key = (torch.arange(b, device=dev).view(-1, *[1] * len(out_shape)) * n_cells + cell) * num_classes + t
     counts = torch.bincount(key.flatten(), minlength=b * n_cells * num_classes)
     frac = counts.view(b, *out_shape, num_classes).movedim(-1, 1).float()
     return frac / float(torch.tensor(factors).prod())

@@ -170,9 +170,12 @@ def test_size_control_gives_the_reported_tumour_volume() -> None:
     sampler.artifact_metadata = {"spacing": [24.0, 24.0, 50.0]}
     texts = ["tumor: sigmoid colon 150 mm. spleen: normal.", "tumor: rectum 100 mm. spleen: normal."]
     kw = {"steps": 2, "guidance": 2.0, "grid": [16, 16, 8], "bf16": False}
-    want = target_tumor_voxels(texts, [24.0, 24.0, 50.0]).round().long()
+    want = target_tumor_voxels(texts, [24.0, 24.0, 50.0]).nansum(1).round().long()
     on = sample_masks(sampler, texts, torch.Generator().manual_seed(1), size_control="argmax", **kw)
     off = sample_masks(sampler, texts, torch.Generator().manual_seed(1), size_control=False, **kw)
     tumor = 11
-    assert (on.argmax(1) == tumor).flatten(1).sum(1).tolist() == want.tolist()
-    assert (off.argmax(1) == tumor).flatten(1).sum(1).tolist() != want.tolist()
+    got_on = (on.argmax(1) == tumor).flatten(1).sum(1)
+    got_off = (off.argmax(1) == tumor).flatten(1).sum(1)
+    # exact but for float rounding at the threshold (a voxel or two)
+    assert ((got_on - want).abs() <= 2).all(), (got_on, want)
+    assert ((got_off - want).abs() > 2).any(), (got_off, want)

@@ -28,7 +28,7 @@ def test_match_class_volume_hits_the_target_and_keeps_the_ranking(mode: str) -> 
     logits = torch.randn(3, 5, 8, 8, 4, generator=gen, dtype=torch.float64) * 3  # (B, K, *S)
     target = torch.tensor([10.0, 100.0, float("nan")], dtype=torch.float64)
     out = match_class_volume(logits, 4, target, mode=mode)
-    assert out.shape == logits.shape and out.dtype == logits.dtype
+    assert out.shape == logits.shape and out.dtype == logits.dtype  # float64 stays float64
     torch.testing.assert_close(out[:, :4], logits[:, :4])  # other classes untouched
     torch.testing.assert_close(out[2], logits[2])  # NaN target: sample left alone
     shift = (out[:, 4] - logits[:, 4]).flatten(1)
