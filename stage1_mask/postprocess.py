@@ -4,15 +4,17 @@ A categorical sampler leaves isolated voxels ("speckle") where its last steps we
 nnU-Net's connected-component post-processing, `remove_islands` keeps the largest connected
 component of every class whatever its size (a small tumour survives) and gives every other
 component smaller than `min_voxels` to the most frequent class around it. The evaluation reports
-metrics with and without it (stage1_mask.evaluate --clean-min-voxels).
+metrics with and without it (stage1_mask.evaluate --clean-min-voxels). `labels_from_probs` is
+the default way from `sample_masks` output to label volumes (argmax, then this clean-up).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy import ndimage
 
-__all__ = ["remove_islands"]
+__all__ = ["labels_from_probs", "remove_islands"]
 
 _CONN = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity
 
@@ -44,3 +46,14 @@ def remove_islands(labels: np.ndarray, min_voxels: int = 8, max_rounds: int = 4)
         fill = small & has_vote
         out[fill] = votes.argmax(0)[fill]
     return out
+
+
+def labels_from_probs(probs: torch.Tensor, min_voxels: int = 8) -> np.ndarray:
+    """`sample_masks` probabilities (B, K, X, Y, Z) -> label volumes (B, X, Y, Z) uint8: argmax,
+    then `remove_islands(min_voxels)` per volume (0 = argmax only)."""
+    if probs.ndim != 5:
+        raise ValueError(f"probs must be (B, K, X, Y, Z), got shape {tuple(probs.shape)}")
+    labels = probs.argmax(1).to(torch.uint8).cpu().numpy()
+    if min_voxels <= 0:
+        return labels
+    return np.stack([remove_islands(m, min_voxels) for m in labels])
