@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 import torch
 
 from stage1_mask.postprocess import labels_from_probs, remove_islands
