@@ -155,8 +155,9 @@ def sample_masks(
     `prior_correction` scales the logit adjustment -log w_k that undoes the class weights of the
     training loss (1 = full correction, 0 = the raw, weight-inflated logits; None = the artifact's
     `default_prior_correction`, else 1). `size_control`: at every step, shift the tumour
-    logit of each sample so that its expected tumour volume equals the size its text reports
-    (`stage1_mask.size`; None = the artifact's `default_size_control`, else off). `grid` defaults
+    logit of each sample so that its tumour volume equals the sizes its text reports
+    (`stage1_mask.size`: "per_tumour" (= True), "argmax", "expected"; False = off; None = the
+    artifact's `default_size_control`, else off). `grid` defaults
     to the artifact / module grid. The generator drives every random draw (reproducible).
     """
     sampler = _sampler_of(module)
@@ -181,8 +182,8 @@ def sample_masks(
     if size_control is None:
         size_control = getattr(sampler, "artifact_metadata", {}).get("default_size_control", False)
     if size_control:
-        mode = size_control if isinstance(size_control, str) else "expected"
-        target = target_tumor_voxels(summaries, _spacing_of(module, sampler))  # (B,) voxels, NaN = free
+        mode = size_control if isinstance(size_control, str) else "per_tumour"
+        target = target_tumor_voxels(summaries, _spacing_of(module, sampler))  # (B, M) voxels, NaN = free
         tumor = _tumor_class(module, sampler)
 
         def output_fn(logits: torch.Tensor) -> torch.Tensor:
