@@ -28,7 +28,7 @@ def generate_volume(
     summaries: Sequence[str],
     generator: torch.Generator | None = None,
     steps: int = 20,
-    guidance: float = 1.5,
+    guidance: float = 1.0,
     autocast: bool = True,
     aug_t: int | None = None,
     decode_batch: int = 64,
