@@ -28,10 +28,10 @@ from shared.text.volume import findings_from_volume
 from stage1_mask.data import MaskCase, load_cases
 from stage1_mask.metrics import (
     LABEL_FIELDS,
-    alignment,
     colon_components,
     dice_per_class,
     expected_organs,
+    field_agreement,
     reported_tumor_ml,
 )
 from stage1_mask.postprocess import remove_islands
@@ -72,7 +72,8 @@ def score(masks: np.ndarray, cases: list[MaskCase], table: LabelTable,
     voxel_ml = [abs(np.linalg.det(c.affine[:3, :3])) / 1000.0 for c in cases]
     tumor_id = table.tumor_ids[0]
     colon_ids = [table.id_of("colon"), tumor_id]
-    agree = [alignment(m, c.affine, c.findings, table) for m, c in zip(masks, cases, strict=True)]
+    reads = [findings_from_volume(m, c.affine, table=table) for m, c in zip(masks, cases, strict=True)]
+    agree = [field_agreement(r, c.findings) for r, c in zip(reads, cases, strict=True)]
     present: dict[str, list[bool]] = {n: [] for n in ref_counts}
     ratio_report, ratio_case, comps = [], [], []
     for m, c, vml in zip(masks, cases, voxel_ml, strict=True):
@@ -92,8 +93,8 @@ def score(masks: np.ndarray, cases: list[MaskCase], table: LabelTable,
                           table.num_classes)
     organ_rate = {n: float(np.mean(v)) for n, v in present.items() if v}
     per_case = [{"case": c.case_id, "sites": sorted(c.findings.tumor_sites),
-                 "read_sites": sorted(findings_from_volume(m, c.affine, table=table).tumor_sites),
-                 "site_ok": a["tumor_sites"]} for m, c, a in zip(masks, cases, agree, strict=True)]
+                 "read_sites": sorted(r.tumor_sites), "site_ok": a["tumor_sites"]}
+                for r, c, a in zip(reads, cases, agree, strict=True)]
     by_count: dict[str, list[bool]] = {}
     for r in per_case:
         by_count.setdefault(str(len(r["sites"])), []).append(r["site_ok"])

@@ -30,7 +30,11 @@ def dice_per_class(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -
 def alignment(labels: np.ndarray, affine: np.ndarray, truth: Findings,
               table: LabelTable | None = None) -> dict[str, bool]:
     """Per-field agreement (LABEL_FIELDS) of findings_from_volume(labels) with `truth`."""
-    read = findings_from_volume(np.asarray(labels), np.asarray(affine), table=table)
+    return field_agreement(findings_from_volume(np.asarray(labels), np.asarray(affine), table=table), truth)
+
+
+def field_agreement(read: Findings, truth: Findings) -> dict[str, bool]:
+    """Per-field agreement (LABEL_FIELDS) of already read-back findings with `truth`."""
     agree = read.agreement(truth)
     return {k: bool(agree[k]) for k in LABEL_FIELDS}
 
