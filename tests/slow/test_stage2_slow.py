@@ -45,7 +45,7 @@ def test_evaluate_script_and_ldm_ddp(tiny_phantom: Path, tmp_path: Path) -> None
                           "--n-phase", "1", "--steps", "2"]) == 0
     result = json.loads((out / "stage2_eval.json").read_text())
     assert result["vae"]["hu_round_trip_max_error"] < 1e-9
-    assert {"continuity_z_gradient_hu", "noise_residual_adjacent_corr", "phase", "mask"} <= set(result["ldm"])
+    assert {"continuity_z_gradient_hu", "noise_residual_adjacent_corr", "phase", "fatty", "mask"} <= set(result["ldm"])
     assert (out / "stage2_eval.md").is_file()
 
     script = tmp_path / "ddp_ldm.py"
