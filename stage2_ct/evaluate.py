@@ -96,23 +96,28 @@ def evaluate_vae(vae: torch.nn.Module, hu: torch.Tensor) -> tuple[dict[str, Any]
     return res, np.stack(recs)
 
 
-def volume_stats(vols: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Continuity, adjacent-slice noise correlation and liver HU std, averaged over volumes.
+def volume_stats(volumes: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, dict[str, float]]:
+    """Continuity, adjacent-slice noise correlation and liver HU std of each named set of volumes,
+    averaged over its volumes; the eroded organ masks are built once for all sets.
 
-    vols (N, X, Y, Z) HU, labels (N, X, Y, Z) -> {"z_gradient", "noise_corr", "liver_std"}."""
+    volumes {name: (N, X, Y, Z) HU}, labels (N, X, Y, Z) -> {name: {"z_gradient", "noise_corr",
+    "liver_std"}}."""
     table = default_labels()
-    zg, corr, std = [], [], []
-    for vol, lab in zip(vols, labels, strict=True):
-        zg.append(z_gradient(vol))
+    regions = []  # per case: (eroded solid organs, eroded liver or None when too small)
+    for lab in labels:
         solid = np.zeros(lab.shape, bool)
         for name in SOLID:
             solid |= eroded(lab, table.id_of(name))
-        corr.append(adjacent_corr(noise_residual(vol), solid))
         liver = eroded(lab, table.id_of("liver"))
-        if liver.sum() >= 20:
-            std.append(float(vol[liver].std()))
-    return {"z_gradient": float(np.mean(zg)), "noise_corr": float(np.nanmean(corr)),
-            "liver_std": float(np.mean(std)) if std else float("nan")}
+        regions.append((solid, liver if liver.sum() >= 20 else None))
+    out = {}
+    for key, vols in volumes.items():
+        zg = [z_gradient(v) for v in vols]
+        corr = [adjacent_corr(noise_residual(v), solid) for v, (solid, _) in zip(vols, regions, strict=True)]
+        std = [float(v[liver].std()) for v, (_, liver) in zip(vols, regions, strict=True) if liver is not None]
+        out[key] = {"z_gradient": float(np.mean(zg)), "noise_corr": float(np.nanmean(corr)),
+                    "liver_std": float(np.mean(std)) if std else float("nan")}
+    return out
 
 
 # ------------------------------------------------------------------------------ LDM
@@ -169,12 +174,13 @@ def evaluate_ldm(module, vae, manifest: Path, store, findings: list[Findings], a
     res["organ_hu_per_case_mae"] = float(np.mean([abs(g - r) for _, _, g, r in rows])) if rows else float("nan")
     # continuity, noise independence, texture
     rng = np.random.default_rng(0)
-    shuffled = np.stack([r[..., rng.permutation(r.shape[-1])] for r in real])
-    st = {"generated": volume_stats(gen, labels), "real": volume_stats(real, labels)}
+    sets = {"generated": gen, "real": real}
     if recon is not None:  # the VAE's own reconstruction of the real volumes: what its decoder allows
-        st["vae_reconstruction"] = volume_stats(recon, labels)
+        sets["vae_reconstruction"] = recon
+    st = volume_stats(sets, labels)
     res["continuity_z_gradient_hu"] = {k: v["z_gradient"] for k, v in st.items()}
-    res["continuity_z_gradient_hu"]["shuffled"] = volume_stats(shuffled, labels)["z_gradient"]
+    res["continuity_z_gradient_hu"]["shuffled"] = float(np.mean(
+        [z_gradient(r[..., rng.permutation(r.shape[-1])]) for r in real]))
     res["noise_residual_adjacent_corr"] = {k: v["noise_corr"] for k, v in st.items()}
     res["liver_hu_std"] = {k: v["liver_std"] for k, v in st.items()}
     res["liver_hu_std_ratio"] = res["liver_hu_std"]["generated"] / res["liver_hu_std"]["real"]

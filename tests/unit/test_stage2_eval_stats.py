@@ -23,7 +23,8 @@ def _case(noise_z: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def test_shared_noise_is_continuous_and_correlated_fresh_noise_is_not() -> None:
     fresh, labels = _case("fresh")
     shared, _ = _case("shared")
-    s_fresh, s_shared = volume_stats(fresh, labels), volume_stats(shared, labels)
+    st = volume_stats({"fresh": fresh, "shared": shared}, labels)
+    s_fresh, s_shared = st["fresh"], st["shared"]
     assert s_shared["z_gradient"] < 1e-4 < s_fresh["z_gradient"]
     # |N(0, 10) - N(0, 10)| has mean 20 / sqrt(pi) ~ 11.3 HU
     assert abs(s_fresh["z_gradient"] - 20 / np.sqrt(np.pi)) < 1.0
