@@ -1,9 +1,17 @@
 """How the slice LDM sees its conditions (shared by training, generation and the loaders).
 
-Network input for slice k (channels):   [ x_t (C) | prev_aug (C) | mask one-hot at latent grid (K) ]
+Network input for slice k (channels):   [ x_t (C) | prev_aug (C) | mask one-hot at latent grid (K)
+                                          (| text-painted class map (d) where `class_embed_dim` d > 0) ]
 cond_vector (B, 2 [+ E]):               [ slice position k / (Z - 1), prev augmentation level
                                           (, pooled text embedding where `pooled_text`) ]
 context (B, L, D) + mask (B, L):        text tokens of Findings.summary() (cross-attention)
+
+Text-painted class map (`ClassTextEmbedding`): the pooled text embedding (B, E) is mapped to one
+d-vector per class (B, K, d) and painted onto the mask fractions, map = sum_k seg_k * v_k(text)
+(B, d, h, w): what each organ should look like under this report (contrast phase, fatty liver) as
+a spatial input at the organ's own pixels. Without it the network must combine a global text
+vector with the mask itself, and it learned to copy the previous slice's organ levels instead (the
+same mask as "fatty" and "normal" liver: -3 HU apart, the phantom -36 HU).
 
 Previous-slice noise augmentation (Ho et al. 2022, cascaded diffusion "conditioning
 augmentation"): the clean latent of slice k-1 is noised to level s with the forward process,
@@ -36,21 +44,42 @@ def augment_prev(
     return scheduler.add_noise(prev, noise, level)
 
 
+class ClassTextEmbedding(nn.Module):
+    """Pooled text (B, E) + mask fractions (B, K, h, w) -> text-painted class map (B, d, h, w)."""
+
+    def __init__(self, text_dim: int, num_classes: int, dim: int) -> None:
+        super().__init__()
+        self.num_classes, self.dim = num_classes, dim
+        self.proj = nn.Sequential(nn.Linear(text_dim, text_dim), nn.SiLU(), nn.Linear(text_dim, num_classes * dim))
+
+    def forward(self, pooled: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        v = self.proj(pooled.to(self.proj[0].weight.dtype)).reshape(-1, self.num_classes, self.dim)  # (B, K, d)
+        return torch.einsum("bkhw,bkd->bdhw", seg.to(v.dtype), v)
+
+
 class SliceDenoiser(nn.Module):
     """Wraps the UNet with the input layout above: forward(x_t, t, prev, seg, position, level,
-    context, context_mask, pooled) -> model output (B, C, h, w)."""
+    context, context_mask, pooled) -> model output (B, C, h, w). `class_embed` (optional) needs
+    `pooled`."""
 
-    def __init__(self, unet: nn.Module, num_train_timesteps: int) -> None:
+    def __init__(self, unet: nn.Module, num_train_timesteps: int,
+                 class_embed: ClassTextEmbedding | None = None) -> None:
         super().__init__()
         self.unet = unet
         self.num_train_timesteps = num_train_timesteps
+        self.class_embed = class_embed
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, prev: torch.Tensor, seg: torch.Tensor,
         position: torch.Tensor, level: torch.Tensor, context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None, pooled: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        inp = torch.cat([x, prev.to(x.dtype), seg.to(x.dtype)], dim=1)  # (B, 2C + K, h, w)
+        inputs = [x, prev.to(x.dtype), seg.to(x.dtype)]
+        if self.class_embed is not None:
+            if pooled is None:
+                raise ValueError("the text-painted class map needs the pooled text embedding")
+            inputs.append(self.class_embed(pooled, seg).to(x.dtype))  # (B, d, h, w)
+        inp = torch.cat(inputs, dim=1)  # (B, 2C + K [+ d], h, w)
         parts = [position.reshape(-1, 1).float(), (level.float().reshape(-1, 1) + 1) / self.num_train_timesteps]
         if pooled is not None:
             parts.append(pooled.float())  # (B, E)

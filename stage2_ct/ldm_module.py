@@ -28,7 +28,12 @@ from shared.nets import build_unet
 from shared.nets.ema import ema_decay, ema_update
 from shared.text.encoder import TextEncoder
 from stage2_ct.common import check_finite, warmup_cosine
-from stage2_ct.conditioning import SliceDenoiser, augment_prev, mask_to_latent_grid
+from stage2_ct.conditioning import (
+    ClassTextEmbedding,
+    SliceDenoiser,
+    augment_prev,
+    mask_to_latent_grid,
+)
 from stage2_ct.vae_module import load_vae
 
 log = logging.getLogger(__name__)
@@ -54,6 +59,8 @@ class SliceLDMModule(L.LightningModule):
             fatty liver), besides the token cross-attention.
         ema_decay: EMA of the denoiser and text encoder weights (with warm-up; 0 = off); the
             export writes the EMA weights.
+        class_embed_dim: d > 0 adds the text-painted class map (d channels; needs pooled_text):
+            per-class vectors from the pooled text painted onto the mask (conditioning.py).
     """
 
     def __init__(
@@ -78,19 +85,24 @@ class SliceLDMModule(L.LightningModule):
         export_path: str | None = None,
         pooled_text: bool = False,
         ema_decay: float = 0.0,
+        class_embed_dim: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if class_embed_dim > 0 and not pooled_text:
+            raise ValueError("model.class_embed_dim > 0 needs model.pooled_text: true")
         self.strict_loading = False  # the frozen VAE is not in the checkpoint
         self.text = TextEncoder(**(text_encoder or {}))
-        unet_args = {**(unet_overrides or {}), "in_channels": 2 * latent_channels + num_classes,
+        unet_args = {**(unet_overrides or {}), "in_channels": 2 * latent_channels + num_classes + class_embed_dim,
                      "out_channels": latent_channels,
                      "extra_embed_dim": 2 + (self.text.embed_dim if pooled_text else 0),
                      "context_dim": self.text.width}
         unet, self.unet_args = build_unet(unet_preset, **unet_args)
         self.scheduler_args = dict(scheduler or {})
         self.scheduler = GaussianScheduler(**self.scheduler_args)
-        self.denoiser = SliceDenoiser(unet, self.scheduler.num_train_timesteps)
+        self.class_embed_args = {"text_dim": self.text.embed_dim, "num_classes": num_classes, "dim": class_embed_dim}
+        class_embed = ClassTextEmbedding(**self.class_embed_args) if class_embed_dim > 0 else None
+        self.denoiser = SliceDenoiser(unet, self.scheduler.num_train_timesteps, class_embed)
         self.vae = None
         self.ema = None
         if ema_decay > 0:  # (denoiser, text) averaged weights, updated after each optimizer step
@@ -201,7 +213,8 @@ class SliceLDMModule(L.LightningModule):
 
 # ---------------------------------------------------------------------- artifacts
 def export_ldm(module: SliceLDMModule, path: str | Path) -> Path:
-    """Write `path` (UNet + LDM metadata) and `path`_text (the text encoder) as components."""
+    """Write `path` (UNet + LDM metadata), `path`_text (the text encoder) and, where the module has
+    one, `path`_classemb (the text-painted class map) as components."""
     stem = Path(path).with_suffix("") if Path(path).suffix in (".yaml", ".safetensors") else Path(path)
     text_stem = stem.with_name(stem.name + "_text")
     ema = module.ema is not None
@@ -215,11 +228,18 @@ def export_ldm(module: SliceLDMModule, path: str | Path) -> Path:
         "num_classes": hp.num_classes, "latent_channels": hp.latent_channels,
         "scheduler": module.scheduler_args, "aug_t": hp.aug_t, "aug_max_t": hp.aug_max_t,
         "pooled_text": bool(hp.pooled_text), "weights": "ema" if ema else "raw",
-        "input_layout": "x_t | prev_aug | mask fractions; cond_vector = [position, (level+1)/T"
+        "class_embed": None, "class_embed_dim": int(hp.class_embed_dim),
+        "input_layout": "x_t | prev_aug | mask fractions" + (" | text-painted class map" if hp.class_embed_dim else "")
+                        + "; cond_vector = [position, (level+1)/T"
                         + (", pooled text]" if hp.pooled_text else "]"),
         "trained_steps": int(module.global_step) if module._trainer is not None
         else getattr(module, "trained_steps", None),
     }
+    if denoiser.class_embed is not None:
+        class_stem = stem.with_name(stem.name + "_classemb")
+        save_component(denoiser.class_embed, class_stem, init_args=module.class_embed_args,
+                       metadata={"role": "stage2 text-painted class map", "weights": meta["weights"]})
+        meta["class_embed"] = class_stem.name
     save_component(denoiser.unet, stem, init_args=module.unet_args, metadata=meta)
     log.info("exported slice LDM to %s (+ %s)", stem, text_stem)
     return stem
@@ -245,8 +265,12 @@ def load_slice_ldm(
         unet_overrides={k: v for k, v in spec["init_args"].items()},
         text_encoder={**text.init_args, "frozen": True}, scheduler=meta["scheduler"],
         aug_max_t=meta["aug_max_t"], aug_t=meta["aug_t"], pooled_text=meta.get("pooled_text", False),
+        class_embed_dim=int(meta.get("class_embed_dim", 0)),
     )
     module.denoiser.unet.load_state_dict(unet.state_dict())
+    if meta.get("class_embed"):
+        module.denoiser.class_embed.load_state_dict(
+            load_component(stem.with_name(meta["class_embed"]), map_location=map_location).state_dict())
     module.text.load_state_dict(text.state_dict())
     module.setup("predict")
     return module.to(map_location).eval().requires_grad_(False)

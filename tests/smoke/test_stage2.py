@@ -85,13 +85,28 @@ def tiny_stage2(tiny_phantom: Path, tmp_path_factory) -> dict[str, Path]:
 def test_ldm_fit_exports_artifacts(tiny_stage2: dict[str, Path]) -> None:
     from shared.io.artifact import read_component_spec
 
-    for name in ("vae", "ldm", "ldm_text"):
+    for name in ("vae", "ldm", "ldm_text", "ldm_classemb"):
         assert (tiny_stage2["ldm"].parent / f"{name}.safetensors").is_file(), name
     vae_meta = read_component_spec(tiny_stage2["vae"])["metadata"]
     assert math.isfinite(vae_meta["latent_scale"]) and vae_meta["latent_scale"] > 0
     ldm_meta = read_component_spec(tiny_stage2["ldm"])["metadata"]
     assert ldm_meta["num_classes"] == default_labels().num_classes and ldm_meta["vae"] == "vae"
     assert ldm_meta["weights"] == "ema" and ldm_meta["pooled_text"] is True  # phantom.yaml's choices
+    assert ldm_meta["class_embed"] == "ldm_classemb" and ldm_meta["class_embed_dim"] > 0
+
+
+def test_loaded_ldm_keeps_the_class_map_weights(tiny_stage2: dict[str, Path]) -> None:
+    """load_slice_ldm restores the text-painted class map from its component (not a fresh init)."""
+    from safetensors.torch import load_file
+
+    from stage2_ct.ldm_module import load_slice_ldm
+
+    module = load_slice_ldm(tiny_stage2["ldm"])
+    saved = load_file(str(tiny_stage2["ldm"].parent / "ldm_classemb.safetensors"))
+    loaded = module.denoiser.class_embed.state_dict()
+    assert saved.keys() == loaded.keys()
+    for k, v in saved.items():
+        assert torch.equal(loaded[k], v), k
 
 
 def test_pooled_text_reaches_the_denoiser() -> None:
