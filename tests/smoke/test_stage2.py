@@ -109,6 +109,29 @@ def test_loaded_ldm_keeps_the_class_map_weights(tiny_stage2: dict[str, Path]) ->
         assert torch.equal(loaded[k], v), k
 
 
+
+def test_channels_last_denoiser_matches_contiguous(tiny_stage2: dict[str, Path]) -> None:
+    """load_slice_ldm puts the denoiser in channels-last format (faster on CPU); its outputs equal
+    those of a contiguous copy of the same weights."""
+    import copy
+
+    from stage2_ct.ldm_module import load_slice_ldm
+
+    module = load_slice_ldm(tiny_stage2["ldm"])
+    conv = module.denoiser.unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    plain = copy.deepcopy(module.denoiser).to(memory_format=torch.contiguous_format)
+    torch.manual_seed(0)
+    c = module.hparams.latent_channels
+    text = module.encode_text(["tumor: none. phase: portal venous.", "liver: fatty. phase: non contrast."])
+    labels = torch.randint(0, module.hparams.num_classes, (2, 32, 32))
+    seg = torch.nn.functional.one_hot(labels, module.hparams.num_classes).permute(0, 3, 1, 2).float()[..., ::4, ::4]
+    args = (torch.randn(2, c, 8, 8), torch.tensor([10, 90]), torch.randn(2, c, 8, 8), seg,
+            torch.tensor([[0.2], [0.7]]), torch.tensor([5, 5]))
+    with torch.no_grad():
+        torch.testing.assert_close(module.denoiser(*args, **text), plain(*args, **text), atol=1e-5, rtol=1e-4)
+
+
 def test_pooled_text_reaches_the_denoiser() -> None:
     """With pooled_text the pooled embedding enters the time embedding: same tokens, different
     pooled vector -> different output (a global path for phase / fatty liver)."""
