@@ -111,8 +111,8 @@ def test_loaded_ldm_keeps_the_class_map_weights(tiny_stage2: dict[str, Path]) ->
 
 
 def test_channels_last_denoiser_matches_contiguous(tiny_stage2: dict[str, Path]) -> None:
-    """load_slice_ldm puts the denoiser in channels-last format (faster on CPU); its outputs equal
-    those of a contiguous copy of the same weights."""
+    """load_slice_ldm puts the denoiser (and load_vae the VAE) in channels-last format (faster on
+    CPU); their outputs equal those of contiguous copies of the same weights."""
     import copy
 
     from stage2_ct.ldm_module import load_slice_ldm
@@ -130,6 +130,12 @@ def test_channels_last_denoiser_matches_contiguous(tiny_stage2: dict[str, Path])
             torch.tensor([[0.2], [0.7]]), torch.tensor([5, 5]))
     with torch.no_grad():
         torch.testing.assert_close(module.denoiser(*args, **text), plain(*args, **text), atol=1e-5, rtol=1e-4)
+    vae_conv = next(m for m in module.vae.decoder.modules() if isinstance(m, torch.nn.Conv2d)).weight
+    assert vae_conv.is_contiguous(memory_format=torch.channels_last)  # load_vae's format
+    z = torch.randn(3, c, 8, 8)
+    plain_vae = copy.deepcopy(module.vae).to(memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        torch.testing.assert_close(module.vae.decode_hu(z), plain_vae.decode_hu(z), atol=1e-2, rtol=0)  # HU
 
 
 def test_pooled_text_reaches_the_denoiser() -> None:
