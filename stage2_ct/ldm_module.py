@@ -241,7 +241,8 @@ def export_ldm(module: SliceLDMModule, path: str | Path) -> Path:
                        metadata={"role": "stage2 text-painted class map", "weights": meta["weights"]})
         meta["class_embed"] = class_stem.name
     save_component(denoiser.unet, stem, init_args=module.unet_args, metadata=meta)
-    log.info("exported slice LDM to %s (+ %s)", stem, text_stem)
+    log.info("exported slice LDM to %s (+ %s%s)", stem, text_stem,
+             f", {meta['class_embed']}" if meta["class_embed"] else "")
     return stem
 
 
