@@ -115,6 +115,7 @@ def test_channels_last_denoiser_matches_contiguous(tiny_stage2: dict[str, Path])
     CPU); their outputs equal those of contiguous copies of the same weights."""
     import copy
 
+    from stage2_ct.conditioning import mask_to_latent_grid
     from stage2_ct.ldm_module import load_slice_ldm
 
     module = load_slice_ldm(tiny_stage2["ldm"])
@@ -125,7 +126,7 @@ def test_channels_last_denoiser_matches_contiguous(tiny_stage2: dict[str, Path])
     c = module.hparams.latent_channels
     text = module.encode_text(["tumor: none. phase: portal venous.", "liver: fatty. phase: non contrast."])
     labels = torch.randint(0, module.hparams.num_classes, (2, 32, 32))
-    seg = torch.nn.functional.one_hot(labels, module.hparams.num_classes).permute(0, 3, 1, 2).float()[..., ::4, ::4]
+    seg = mask_to_latent_grid(labels, (8, 8), module.hparams.num_classes)
     args = (torch.randn(2, c, 8, 8), torch.tensor([10, 90]), torch.randn(2, c, 8, 8), seg,
             torch.tensor([[0.2], [0.7]]), torch.tensor([5, 5]))
     with torch.no_grad():
