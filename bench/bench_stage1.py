@@ -26,7 +26,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from shared.diffusion import guided_output
-from stage1_mask.sampler import MaskSampler, load_stage1, sample_masks, trim_context
+from shared.text.encoder import trim_context
+from stage1_mask.sampler import MaskSampler, load_stage1, sample_masks
 
 log = logging.getLogger("bench_stage1")
 

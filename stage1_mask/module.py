@@ -27,8 +27,9 @@ import torch
 from shared.findings import Findings
 from shared.io.artifact import load_component
 from shared.nets.ema import ema_decay, ema_update
+from shared.text.encoder import trim_context
 from stage1_mask.metrics import LABEL_FIELDS, alignment, dice_per_class
-from stage1_mask.sampler import MaskSampler, drop_condition, sample_masks, trim_context
+from stage1_mask.sampler import MaskSampler, drop_condition, sample_masks
 
 log = logging.getLogger(__name__)
 

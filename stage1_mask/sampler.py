@@ -26,7 +26,7 @@ from shared.findings import Findings
 from shared.io.artifact import load_component, read_component_spec, save_component
 from shared.labels import default_labels
 from shared.nets import build_unet
-from shared.text.encoder import TextEncoder
+from shared.text.encoder import TextEncoder, trim_context
 from stage1_mask.size import match_class_volume, target_tumor_voxels
 
 log = logging.getLogger(__name__)
@@ -117,12 +117,6 @@ def drop_condition(cond: Context, null: Context, p: float, generator: torch.Gene
     drop = torch.rand(b, generator=generator, device=cond[0].device) < p  # (B,)
     return tuple(torch.where(drop.view(-1, *([1] * (c.ndim - 1))), n.to(c.dtype), c)
                  for c, n in zip(cond, null, strict=True))  # type: ignore[return-value]
-
-
-def trim_context(*contexts: Context) -> list[Context]:
-    """Cut token sequences to the longest real (unmasked) length over all contexts."""
-    length = max(int(c[1].any(0).nonzero().max()) + 1 for c in contexts)
-    return [(c[0][:, :length], c[1][:, :length], c[2]) for c in contexts]
 
 
 def _sampler_of(module: nn.Module) -> MaskSampler:

@@ -135,7 +135,8 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         b, c, *spatial = x.shape
         h = self.norm(x).movedim(1, -1).reshape(b, -1, c)  # (B, N, C)
-        h = h + self.self_attn(self.ln1(h), self.ln1(h))
+        n = self.ln1(h)
+        h = h + self.self_attn(n, n)
         if self.cross_attn is not None and context is not None:
             keep = None
             if context_mask is not None:
@@ -159,7 +160,10 @@ class UNet(nn.Module):
         num_res_blocks: ResBlocks per level in the encoder and in the decoder (an int or one per
             level; 0 at level 0 keeps full resolution to conv_in / conv_out only: much cheaper).
         attention_levels: one bool per level: transformer blocks there (and in the middle if the
-            last is True).
+            last is True, unless `mid_attention` says otherwise).
+        mid_attention: transformer block between the two middle ResBlocks (None = the last entry
+            of attention_levels). [F, F, F] + True keeps only the middle one: at an 8 x 8 grid each
+            block is mostly per-op overhead on CPU (stage-2 bench, docs/benchmarks.md).
         context_dim: text token width D for cross-attention (None / 0 = no cross-attention).
         head_dim: channels per attention head.
         norm_groups: GroupNorm groups (gcd with the channel count is used).
@@ -194,6 +198,7 @@ class UNet(nn.Module):
         patch_size: int = 1,
         additive_skips: bool = False,
         stem_kernel_size: int = 3,
+        mid_attention: bool | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in _CONV:
@@ -241,7 +246,8 @@ class UNet(nn.Module):
             self.downsamples.append(nn.Identity() if last else conv(ch, channels[i + 1], 3, stride=2, padding=1))
             ch = ch if last else channels[i + 1]
         skip_ch = list(channels)  # level i's skip always has channels[i]
-        self.mid1, self.mid_attn, self.mid2 = res(ch, ch), attn(ch, attention_levels[-1]), res(ch, ch)
+        mid_attn = attention_levels[-1] if mid_attention is None else mid_attention
+        self.mid1, self.mid_attn, self.mid2 = res(ch, ch), attn(ch, mid_attn), res(ch, ch)
         self.up_blocks, self.up_attn, self.upsamples = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         transpose = _CONV_T[spatial_dims]
         for i in reversed(range(len(channels))):

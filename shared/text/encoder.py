@@ -39,6 +39,18 @@ DEFAULT_TEXT_CFG: dict[str, Any] = {
 }
 DEFAULT_EMBED_DIM = 256
 
+Context = tuple[torch.Tensor, torch.Tensor, Any]  # tokens (B, L, W), mask (B, L) bool, extra (pooled / None)
+
+
+def trim_context(*contexts: Context) -> list[Context]:
+    """Cut token sequences (and masks) to the longest real (unmasked) length over all contexts.
+
+    Exact for attention that masks padded keys (they get zero weight), and every context keeps
+    the same length, so the CFG pair still concatenates; the third entry passes through.
+    """
+    length = max(int(c[1].any(0).nonzero().max()) + 1 for c in contexts)
+    return [(c[0][:, :length], c[1][:, :length], c[2]) for c in contexts]
+
 
 def text_for(findings: Findings | None, report: str | None = None, mode: str = "summary") -> str:
     """The string the encoder sees: `summary()`, the report, or both (summary first, so

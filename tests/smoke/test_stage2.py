@@ -65,6 +65,19 @@ def test_vae_tiny_overfit(tiny_phantom: Path) -> None:
     rmse = float(((vae.reconstruct_hu(hu) - hu) ** 2).mean().sqrt())
     assert rmse <= 60.0 and rmse < start / 5, (start, rmse)
 
+    # bf16 decode (generate_volume's default): the body in bf16, the output conv in fp32 even under
+    # an outer autocast (values not rounded to bf16), within 2 HU RMS of the fp32 decode
+    with torch.no_grad():
+        z = vae.encode_latents(x)
+        full = vae.decode_hu(z)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = vae.decode_hu(z, bf16=True)
+            raw = vae.decode(z, bf16=True)
+    assert fast.dtype == raw.dtype == torch.float32
+    assert bool((raw != raw.bfloat16().float()).any())
+    err = float(((fast - full) ** 2).mean().sqrt())
+    assert 0.0 < err <= 2.0, err
+
 
 @pytest.fixture(scope="module")
 def tiny_stage2(tiny_phantom: Path, tmp_path_factory) -> dict[str, Path]:

@@ -124,3 +124,27 @@ def test_load_pretrained_from_local_file(tmp_path, enc):
     torch.save({"state_dict": {"module." + k: v for k, v in enc.tower.state_dict().items()}},
                tmp_path / "ckpt.pt")
     TextEncoder(text_cfg=TINY, embed_dim=24).load_pretrained(str(tmp_path / "ckpt.pt"))
+
+
+def test_trim_context_is_exact_for_cross_attention(enc):
+    """trim_context cuts the padding shared by every context (the CFG pair keeps one length), and a
+    cross-attending UNet gives the same output with the trimmed tokens."""
+    from shared.nets.unet import UNet
+    from shared.text.encoder import trim_context
+
+    texts = ["tumor: none.", "sigmoid colon carcinoma 40 mm with fatty liver"]
+    with torch.no_grad():
+        cond, null = enc.encode(texts), enc.null_context(2)
+    (tok, mask, pooled), (n_tok, n_mask, _) = trim_context(cond, null)
+    longest = int(cond[1].sum(1).max())
+    assert tok.shape == (2, longest, 32) and n_tok.shape == (2, longest, 32) and pooled is cond[2]
+    assert torch.equal(mask, cond[1][:, :longest]) and torch.equal(n_mask, null[1][:, :longest])
+    torch.manual_seed(0)
+    net = UNet(spatial_dims=2, in_channels=2, out_channels=2, channels=(8, 16), num_res_blocks=1,
+               attention_levels=(False, True), context_dim=32, head_dim=8).eval()
+    x = torch.randn(2, 2, 8, 8)
+    with torch.no_grad():
+        full = net(x, torch.tensor([3, 700]), cond[0], cond[1])
+        cut = net(x, torch.tensor([3, 700]), tok, mask)
+    torch.testing.assert_close(cut, full, atol=1e-5, rtol=0)
+    assert not torch.allclose(full, net(x, torch.tensor([3, 700]), cond[0], None), atol=1e-3)  # padding would matter

@@ -130,6 +130,28 @@ def test_downsample_early_levels_and_presets():
     assert 3_000_000 <= sum(p.numel() for p in stage1.parameters()) <= 8_000_000
 
 
+def test_mid_attention_switch():
+    """mid_attention places the middle transformer independently of attention_levels; text still
+    reaches a net whose only transformer is the middle one."""
+    from shared.nets.unet import Transformer
+
+    def build(levels, mid):
+        torch.manual_seed(0)
+        return UNet(spatial_dims=2, in_channels=3, out_channels=3, channels=[8, 16], num_res_blocks=1,
+                    attention_levels=levels, context_dim=16, head_dim=8, norm_groups=4, mid_attention=mid)
+
+    def count(net):
+        return sum(isinstance(m, Transformer) for m in net.modules())
+
+    assert count(build([False, True], None)) == 3  # down, middle, up
+    assert count(build([False, True], False)) == 2
+    only_mid = build([False, False], True)
+    assert count(only_mid) == 1 and isinstance(only_mid.mid_attn, Transformer)
+    x, t, ctx, mask = inputs(2, (8, 8))
+    with torch.no_grad():
+        assert not torch.allclose(only_mid(x, t, ctx, mask), only_mid(x, t, ctx.flip(0), mask.flip(0)))
+
+
 @pytest.mark.parametrize("dims", [1, 2, 3])
 def test_space_to_depth_layout_and_inverse(dims):
     x = torch.randn(2, 3, *[4, 6, 2][:dims])
