@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
 from datetime import datetime, timezone
@@ -47,8 +48,9 @@ def build_module(ldm: str | None, vae: str | None):
 
 
 def time_config(module, vae, steps: int, batch: int, cfg: bool, bf16: bool, batch_cfg: bool,
-                n_slices: int) -> float:
-    """Seconds per slice of one volume (wall time / (n_slices), batch volumes at once / batch)."""
+                n_slices: int, repeats: int = 1) -> float:
+    """Seconds per slice of one volume (wall time / (n_slices), batch volumes at once / batch);
+    the median over `repeats` timed runs (this VM's timings wander by ~10 % between runs)."""
     from stage2_ct.generate import generate_volume
 
     masks = torch.zeros(batch, 128, 128, n_slices, dtype=torch.long)
@@ -58,9 +60,12 @@ def time_config(module, vae, steps: int, batch: int, cfg: bool, bf16: bool, batc
     g = torch.Generator().manual_seed(0)
     kw = dict(steps=steps, guidance=1.5 if cfg else 1.0, autocast=bf16, batch_cfg=batch_cfg)
     generate_volume(module, vae, masks[..., :1], texts, g, **{**kw, "steps": 1})  # warm-up
-    t0 = time.perf_counter()
-    generate_volume(module, vae, masks, texts, g, **kw)
-    return (time.perf_counter() - t0) / n_slices / batch
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        generate_volume(module, vae, masks, texts, g, **kw)
+        times.append((time.perf_counter() - t0) / n_slices / batch)
+    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--slices", type=int, default=2)
     p.add_argument("--ddpm-timed-steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per configuration (median)")
     p.add_argument("--out", default=str(ROOT / "bench/results/stage2.json"))
     args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     module, vae, weights = build_module(args.ldm, args.vae)
@@ -93,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         if key in seen:
             continue
         seen.add(key)
-        s_slice = time_config(module, vae, timed, batch, cfg, bf16, bcfg, args.slices) * steps / timed
+        s_slice = time_config(module, vae, timed, batch, cfg, bf16, bcfg, args.slices, args.repeats) * steps / timed
         row = {"sampler": label, "steps": steps, "timed_steps": timed, "batch": batch, "cfg": cfg,
                "precision": "bf16" if bf16 else "fp32", "s_per_slice": s_slice,
                "s_per_volume": s_slice * N_SLICES_VOLUME, "extrapolated": timed != steps}
@@ -114,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(), "machine": platform.processor()
-                               or platform.machine(), "threads": args.threads, "unet_params": n_params,
-                               "weights": weights, "rows": rows, "table": table}, indent=1))
+                               or platform.machine(), "threads": args.threads, "repeats": args.repeats,
+                               "slices": args.slices, "unet_params": n_params, "weights": weights,
+                               "rows": rows, "table": table}, indent=1))
     return 0
 
 

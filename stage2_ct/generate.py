@@ -76,7 +76,7 @@ def generate_volume(
     if guidance != 1.0:
         texts.append(module.null_text(b))
     keys = ("context", "context_mask", "pooled")  # padding cut once: exact, fewer keys per step
-    texts = [dict(zip(keys, c, strict=True)) for c in trim_context(*[tuple(t[k] for k in keys) for t in texts])]
+    texts = [dict(zip(keys, ctx, strict=True)) for ctx in trim_context(*[tuple(t[k] for k in keys) for t in texts])]
     cond, uncond = texts[0], (texts[1] if len(texts) > 1 else None)
     levels = torch.full((b,), level, device=device, dtype=torch.long)
     latents = torch.empty(b, nz, c, *hw, device=device)  # (B, Z, C, h, w)

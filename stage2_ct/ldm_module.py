@@ -26,7 +26,7 @@ from shared.diffusion import GaussianScheduler
 from shared.io.artifact import save_component
 from shared.nets import build_unet
 from shared.nets.ema import ema_decay, ema_update
-from shared.text.encoder import TextEncoder
+from shared.text.encoder import TextEncoder, trim_context
 from stage2_ct.common import check_finite, warmup_cosine
 from stage2_ct.conditioning import (
     ClassTextEmbedding,
@@ -167,6 +167,7 @@ class SliceLDMModule(L.LightningModule):
         prev_aug = augment_prev(self.scheduler, prev, level)
         drop = torch.rand(b, device=z0.device) < (hp.p_uncond if self.training else 0.0)
         text = self.encode_text(batch["text"], drop)
+        (text["context"], text["context_mask"], _), = trim_context((text["context"], text["context_mask"], None))
         t = torch.randint(0, self.scheduler.num_train_timesteps, (b,), device=z0.device)
         noise = torch.randn_like(z0)
         xt = self.scheduler.add_noise(z0, noise, t)

@@ -19,7 +19,7 @@ findings (e.g. an enlarged spleen) changes that organ and nothing else.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
@@ -207,15 +207,22 @@ def organ_volumes_ml(labels: np.ndarray, grid: PhantomGrid) -> dict[str, float]:
 
 
 def generate_case(seed: int, findings: Findings | None = None, grid: PhantomGrid = PhantomGrid(),
-                  noise: bool = True) -> PhantomCase:
-    """One phantom, deterministic per (seed, findings, grid, noise).
+                  noise: bool = True, hu: np.ndarray | None = None) -> PhantomCase:
+    """One phantom, deterministic per (seed, findings, grid, noise, hu).
 
     findings None -> sample_findings(np.random.default_rng(seed)). A findings phase of 'unknown'
     renders as non-contrast. noise=False gives the noiseless (blurred) image of the same case.
+    hu (N_TISSUES, 2) replaces the case's own HU draw (e.g. `expected_hu`): same anatomy, texture
+    and noise.
     """
     if findings is None:
         findings = sample_findings(np.random.default_rng(seed))
     anatomy = build_anatomy(seed, findings, grid)
+    if hu is not None:
+        hu = np.asarray(hu, dtype=np.float32)
+        if hu.shape != anatomy.hu.shape:
+            raise ValueError(f"hu must be (N_TISSUES, 2) = {anatomy.hu.shape}, got {hu.shape}")
+        anatomy = replace(anatomy, hu=hu)
     phase = PHASE_INDEX.get(findings.phase, 0)
     ct = render_ct(anatomy.tissue, anatomy.hu[:, phase], grid, _rng(seed, 99), noise=noise)
     labels = label_lut()[anatomy.tissue]

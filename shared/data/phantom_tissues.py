@@ -147,15 +147,25 @@ def sample_hu(rng: np.random.Generator, fatty_liver: bool) -> np.ndarray:
     Values are drawn uniformly within each range, the same draws whatever the findings (the
     liver draws one uniform per phase and maps it into the normal or the fatty range).
     """
+    return hu_table(rng.uniform(size=(N_TISSUES, 2)), fatty_liver)
+
+
+def expected_hu(fatty_liver: bool) -> np.ndarray:
+    """(N_TISSUES, 2) float32: the expectation of `sample_hu` (every range at its midpoint; the
+    derived tissues follow as in a draw). What a report that names only the phase and the liver
+    state determines; a case's own draw is not in its text."""
+    return hu_table(np.full((N_TISSUES, 2), 0.5), fatty_liver)
+
+
+def hu_table(u: np.ndarray, fatty_liver: bool) -> np.ndarray:
+    """(N_TISSUES, 2) float32 HU from uniforms u (N_TISSUES, 2) in [0, 1]: lo + u (hi - lo) per
+    tissue and phase, then the tissues tied to others (renal medulla, left kidney, arteries)."""
     out = np.zeros((N_TISSUES, 2), dtype=np.float32)
     for tissue in T:
-        u = rng.uniform(size=2)
-        ranges = HU_RANGES[tissue]
-        if tissue == T.LIVER and fatty_liver:
-            ranges = FATTY_LIVER_HU
+        ranges = FATTY_LIVER_HU if tissue == T.LIVER and fatty_liver else HU_RANGES[tissue]
         for ph in range(2):
             lo, hi = ranges[ph]
-            out[tissue, ph] = lo + u[ph] * (hi - lo)
+            out[tissue, ph] = lo + u[tissue, ph] * (hi - lo)
     # renal medulla tracks the cortex (corticomedullary difference in the venous phase only)
     out[T.KIDNEY_R_MEDULLA, 0] = out[T.KIDNEY_R_CORTEX, 0]
     out[T.KIDNEY_R_MEDULLA, 1] = out[T.KIDNEY_R_CORTEX, 1] - 14

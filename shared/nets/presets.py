@@ -62,7 +62,8 @@ def build_monai_unet(
 ) -> torch.nn.Module:
     """MONAI's DiffusionModelUNet of the same widths (optional alternative, and the benchmark
     baseline). UNet-only args (extra_embed_dim, dropout, patch_size, additive_skips,
-    stem_kernel_size) are ignored: MONAI's level 0 runs at full resolution.
+    stem_kernel_size, mid_attention) are ignored: MONAI's level 0 runs at full resolution and its
+    middle block follows the last attention level.
 
     Its forward is `net(x, timesteps, context=...)`; it has no key padding mask.
     """

@@ -45,7 +45,8 @@ Context = tuple[torch.Tensor, torch.Tensor, Any]  # tokens (B, L, W), mask (B, L
 def trim_context(*contexts: Context) -> list[Context]:
     """Cut token sequences (and masks) to the longest real (unmasked) length over all contexts.
 
-    Exact for attention that masks padded keys (they get zero weight), and every context keeps
+    Exact (up to floating-point rounding) for attention that masks padded keys (they get zero
+    weight: shared.nets.unet), and every context keeps
     the same length, so the CFG pair still concatenates; the third entry passes through.
     """
     length = max(int(c[1].any(0).nonzero().max()) + 1 for c in contexts)

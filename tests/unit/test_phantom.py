@@ -83,6 +83,40 @@ def test_findings_change_only_their_organ():
     assert 2.0 <= organ(b, "spleen").sum() / organ(a, "spleen").sum() <= 3.0
 
 
+def test_expected_hu_is_the_mean_draw_and_renders_the_same_anatomy():
+    """expected_hu = the range midpoints (medulla = cortex - 14 in PV, arteries = aorta); the mean
+    of many sample_hu draws converges to it; generate_case(hu=...) keeps labels and noise, only
+    the tissue HU change."""
+    from shared.data.phantom_tissues import (
+        FATTY_LIVER_HU,
+        HU_RANGES,
+        expected_hu,
+        hu_table,
+        sample_hu,
+    )
+
+    for fatty in (False, True):
+        mid = expected_hu(fatty)
+        liver = FATTY_LIVER_HU if fatty else HU_RANGES[T.LIVER]
+        assert mid[T.LIVER, 0] == np.mean(liver[0]) and mid[T.LIVER, 1] == np.mean(liver[1])
+        assert mid[T.SPLEEN, 1] == np.mean(HU_RANGES[T.SPLEEN][1])
+        assert mid[T.KIDNEY_L_MEDULLA, 1] == mid[T.KIDNEY_R_CORTEX, 1] - 14 and np.array_equal(mid[T.ARTERY], mid[T.AORTA])
+        rng, n = np.random.default_rng(0), 4000
+        draws = np.mean([sample_hu(rng, fatty) for _ in range(n)], axis=0)
+        width = hu_table(np.ones_like(mid), fatty) - hu_table(np.zeros_like(mid), fatty)
+        assert (np.abs(draws - mid) <= 4 * width / np.sqrt(12 * n) + 1e-3).all()  # 4 standard errors
+    f = Findings(phase="portal_venous", liver="fatty")
+    own, mid_case = generate_case(5, f, grid=SMALL), generate_case(5, f, grid=SMALL, hu=expected_hu(True))
+    np.testing.assert_array_equal(own.labels, mid_case.labels)
+    assert mid_case.meta["hu"]["liver"] == np.mean(FATTY_LIVER_HU[1]) != own.meta["hu"]["liver"]
+    inner = ndimage.binary_erosion(organ(own, "liver"), iterations=2)  # same texture + noise: a constant shift
+    d = own.ct[inner].astype(float) - mid_case.ct[inner]
+    assert inner.sum() > 20 and d.std() < 1.0
+    assert abs(d.mean() - (own.meta["hu"]["liver"] - mid_case.meta["hu"]["liver"])) < 1.0
+    with pytest.raises(ValueError, match="N_TISSUES"):
+        generate_case(5, f, grid=SMALL, hu=np.zeros((3, 2)))
+
+
 def test_other_grids_work():
     for grid in (SMALL, PhantomGrid((32, 32, 16), (12.0, 12.0, 25.0))):
         case = generate_case(3, Findings(tumors=(Tumor("sigmoid", 40),), phase="non_contrast"), grid=grid)

@@ -32,3 +32,20 @@ def test_shared_noise_is_continuous_and_correlated_fresh_noise_is_not() -> None:
     assert abs(s_fresh["noise_corr"]) < 0.15
     # liver std of N(0, 10) noise on the eroded liver
     assert 8.5 < s_fresh["liver_std"] < 11.5
+
+
+def test_text_floor_is_judged_against_the_expectation() -> None:
+    """The phase / fatty floor uses |generated - expectation| (the per-case HU draw is not in the
+    text); the error against the own draws and the oracle's are reported beside it."""
+    from stage2_ct.evaluate import _diff_floor, _diff_summary
+
+    rows = [{"generated_diff": g, "expected_diff": e, "expectation_diff": m, "error": g - e,
+             "error_vs_expectation": g - m, "oracle_error": m - e}
+            for g, e, m in ((48.0, 37.0, 47.5), (46.0, 55.0, 47.0))]
+    s = _diff_summary(rows)
+    assert s["max_abs_error"] == 11.0 and s["max_abs_error_vs_expectation"] == 1.0
+    assert s["oracle_max_abs_error"] == 10.5 and s["mean_expectation_diff"] == 47.25
+    name, value, floor, met = _diff_floor(s, "liver PV - NC", "<= 10")
+    assert met and "expectation" in name and "11.00" in value and "10.50" in value
+    rows[0]["generated_diff"], rows[0]["error_vs_expectation"] = 60.0, 12.5
+    assert not _diff_floor(_diff_summary(rows), "liver PV - NC", "<= 10")[3]
