@@ -1,6 +1,7 @@
 """Benchmark stage-2 sampling (CPU): seconds per slice and per 80-slice volume.
 
     .venv/bin/python bench/bench_stage2.py [--ldm weights/stage2_ldm_phantom] [--threads 2]
+        [--slices 8] [--repeats 3] [--floor-only --out bench/results/stage2_floor_<net>.json]
 
 Configurations: 1000-step DDPM (the naive baseline: fp32, batch 1, CFG as two passes) and
 50 / 20 / 10-step DDIM; fp32 vs bf16 autocast; 1 vs 8 volumes per batch; with and without
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slices", type=int, default=2)
     p.add_argument("--ddpm-timed-steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=1, help="timed runs per configuration (median)")
+    p.add_argument("--floor-only", action="store_true",
+                   help="only the issue's floor row (20-step DDIM, batch 8, CFG, bf16), e.g. to compare nets")
     p.add_argument("--out", default=str(ROOT / "bench/results/stage2.json"))
     args = p.parse_args(argv)
     if args.repeats < 1:
@@ -95,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             for cfg in (False, True):
                 configs.append(("DDIM 20", 20, 20, batch, cfg, bf16, True))
     configs.append(("DDPM 1000", 1000, args.ddpm_timed_steps, 8, True, True, True))
+    if args.floor_only:
+        configs = [("DDIM 20", 20, 20, 8, True, True, True)]
     seen = set()
     for label, steps, timed, batch, cfg, bf16, bcfg in configs:
         key = (steps, batch, cfg, bf16, bcfg)
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = f"{r['steps']} (timed {r['timed_steps']}, extrapolated)" if r["extrapolated"] else str(r["steps"])
         lines.append(f"| {r['sampler']} | {steps} | {r['batch']} | {'yes' if r['cfg'] else 'no'} | "
                      f"{r['precision']} | {r['s_per_slice']:.3f} | {r['s_per_volume']:.1f} | "
-                     f"{base / r['s_per_volume']:.0f}x |")
+                     + ("- |" if args.floor_only else f"{base / r['s_per_volume']:.0f}x |"))
     table = "\n".join(lines)
     print(f"\nstage-2 sampling, {args.threads} threads, UNet {n_params / 1e6:.2f}M params ({weights})\n")
     print(table)
