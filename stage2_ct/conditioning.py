@@ -28,6 +28,7 @@ from torch import nn
 
 from shared.data.downsample import label_fractions
 from shared.diffusion import GaussianScheduler
+from shared.text.encoder import trim_context
 
 
 def mask_to_latent_grid(labels: torch.Tensor, latent_hw: tuple[int, int], num_classes: int) -> torch.Tensor:
@@ -85,3 +86,13 @@ class SliceDenoiser(nn.Module):
             parts.append(pooled.float())  # (B, E)
         cond = torch.cat(parts, dim=1)  # (B, 2 [+ E])
         return self.unet(inp, t, context=context, context_mask=context_mask, cond_vector=cond)
+
+
+TEXT_KEYS = ("context", "context_mask", "pooled")
+
+
+def trim_text_inputs(*texts: dict) -> list[dict]:
+    """`shared.text.encoder.trim_context` on denoiser text-input dicts (see encode_text): the
+    padding shared by all of them cut once, one common length (the CFG pair concatenates)."""
+    trimmed = trim_context(*[tuple(t[k] for k in TEXT_KEYS) for t in texts])
+    return [dict(zip(TEXT_KEYS, ctx, strict=True)) for ctx in trimmed]

@@ -16,8 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from shared.diffusion import sample_loop
-from shared.text.encoder import trim_context
-from stage2_ct.conditioning import augment_prev, mask_to_latent_grid
+from stage2_ct.conditioning import augment_prev, mask_to_latent_grid, trim_text_inputs
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +74,7 @@ def generate_volume(
     texts = [module.encode_text(list(summaries))]  # context, context_mask, pooled
     if guidance != 1.0:
         texts.append(module.null_text(b))
-    keys = ("context", "context_mask", "pooled")  # padding cut once: exact, fewer keys per step
-    texts = [dict(zip(keys, ctx, strict=True)) for ctx in trim_context(*[tuple(t[k] for k in keys) for t in texts])]
+    texts = trim_text_inputs(*texts)  # padding cut once: exact, fewer keys per step
     cond, uncond = texts[0], (texts[1] if len(texts) > 1 else None)
     levels = torch.full((b,), level, device=device, dtype=torch.long)
     latents = torch.empty(b, nz, c, *hw, device=device)  # (B, Z, C, h, w)

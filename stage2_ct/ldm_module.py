@@ -26,13 +26,14 @@ from shared.diffusion import GaussianScheduler
 from shared.io.artifact import save_component
 from shared.nets import build_unet
 from shared.nets.ema import ema_decay, ema_update
-from shared.text.encoder import TextEncoder, trim_context
+from shared.text.encoder import TextEncoder
 from stage2_ct.common import check_finite, warmup_cosine
 from stage2_ct.conditioning import (
     ClassTextEmbedding,
     SliceDenoiser,
     augment_prev,
     mask_to_latent_grid,
+    trim_text_inputs,
 )
 from stage2_ct.vae_module import load_vae
 
@@ -166,8 +167,7 @@ class SliceLDMModule(L.LightningModule):
             torch.full((b,), hp.aug_t, device=z0.device)
         prev_aug = augment_prev(self.scheduler, prev, level)
         drop = torch.rand(b, device=z0.device) < (hp.p_uncond if self.training else 0.0)
-        text = self.encode_text(batch["text"], drop)
-        (text["context"], text["context_mask"], _), = trim_context((text["context"], text["context_mask"], None))
+        text, = trim_text_inputs(self.encode_text(batch["text"], drop))
         t = torch.randint(0, self.scheduler.num_train_timesteps, (b,), device=z0.device)
         noise = torch.randn_like(z0)
         xt = self.scheduler.add_noise(z0, noise, t)
