@@ -67,6 +67,16 @@ def adjacent_corr(res: np.ndarray, mask: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def level_jitter(vol: np.ndarray, mask: np.ndarray, min_voxels: int = 30) -> float:
+    """Mean |difference| (HU) of an organ's per-slice mean HU between adjacent slices (X, Y, Z),
+    over slice pairs where both slices hold >= min_voxels of the mask; NaN without such pairs.
+    The phantom's organ levels are constant along z (real ~1 HU: noise and texture only)."""
+    n = mask.sum(axis=(0, 1))  # (Z,)
+    means = np.where(n > 0, (vol * mask).sum(axis=(0, 1)) / np.maximum(n, 1), np.nan)
+    ok = (n[1:] >= min_voxels) & (n[:-1] >= min_voxels)
+    return float(np.abs(np.diff(means))[ok].mean()) if ok.any() else float("nan")
+
+
 def z_gradient(vol: np.ndarray) -> float:
     body = (vol[..., 1:] > -500) & (vol[..., :-1] > -500)
     return float(np.abs(np.diff(vol, axis=-1))[body].mean())
@@ -98,11 +108,12 @@ def evaluate_vae(vae: torch.nn.Module, hu: torch.Tensor) -> tuple[dict[str, Any]
 
 
 def volume_stats(volumes: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, dict[str, float]]:
-    """Continuity, adjacent-slice noise correlation and liver HU std of each named set of volumes,
-    averaged over its volumes; the eroded organ masks are built once for all sets.
+    """Continuity, adjacent-slice noise correlation, liver HU std and liver level jitter along z
+    (`level_jitter`) of each named set of volumes, averaged over its volumes; the eroded organ
+    masks are built once for all sets.
 
     volumes {name: (N, X, Y, Z) HU}, labels (N, X, Y, Z) -> {name: {"z_gradient", "noise_corr",
-    "liver_std"}}."""
+    "liver_std", "liver_jitter"}}."""
     table = default_labels()
     regions = []  # per case: (eroded solid organs, eroded liver or None when too small)
     for lab in labels:
@@ -115,9 +126,12 @@ def volume_stats(volumes: dict[str, np.ndarray], labels: np.ndarray) -> dict[str
     for key, vols in volumes.items():
         zg = [z_gradient(v) for v in vols]
         corr = [adjacent_corr(noise_residual(v), solid) for v, (solid, _) in zip(vols, regions, strict=True)]
-        std = [float(v[liver].std()) for v, (_, liver) in zip(vols, regions, strict=True) if liver is not None]
+        livers = [(v, liver) for v, (_, liver) in zip(vols, regions, strict=True) if liver is not None]
+        std = [float(v[liver].std()) for v, liver in livers]
+        jit = [level_jitter(v, liver) for v, liver in livers]
         out[key] = {"z_gradient": float(np.mean(zg)), "noise_corr": float(np.nanmean(corr)),
-                    "liver_std": float(np.mean(std)) if std else float("nan")}
+                    "liver_std": float(np.mean(std)) if std else float("nan"),
+                    "liver_jitter": float(np.nanmean(jit)) if std else float("nan")}
     return out
 
 
@@ -132,12 +146,13 @@ def organ_means(vol: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return out
 
 
-def run_generation(module, vae, masks, summaries, seed, steps, guidance, batch, aug_t=None) -> np.ndarray:
+def run_generation(module, vae, masks, summaries, seed, steps, guidance, batch, aug_t=None,
+                   noise_corr: float | None = None) -> np.ndarray:
     outs = []
     for s in range(0, len(summaries), batch):
         g = torch.Generator().manual_seed(seed + s)
         outs.append(generate_volume(module, vae, masks[s : s + batch], summaries[s : s + batch], g,
-                                    steps=steps, guidance=guidance, aug_t=aug_t).numpy())
+                                    steps=steps, guidance=guidance, aug_t=aug_t, noise_corr=noise_corr).numpy())
     return np.concatenate(outs)
 
 
@@ -147,10 +162,12 @@ def evaluate_ldm(module, vae, manifest: Path, store, findings: list[Findings], a
     real = store.hu.numpy().astype(np.float32).clip(-1000, 1000)
     t0 = time.time()
     gen = run_generation(module, vae, store.labels, store.summaries, args.seed, args.steps,
-                         args.guidance, args.batch, args.aug_t)
+                         args.guidance, args.batch, args.aug_t, args.noise_corr)
     gen_s = time.time() - t0
     res: dict[str, Any] = {"n_cases": len(gen), "steps": args.steps, "guidance": args.guidance,
                            "aug_t": args.aug_t,
+                           "noise_corr": module.hparams.get("noise_corr", 0.0) if args.noise_corr is None
+                           else args.noise_corr,
                            "seconds_per_volume": gen_s / len(gen)}
     # organ HU grouped by (phase, fatty)
     rows = []
@@ -185,6 +202,7 @@ def evaluate_ldm(module, vae, manifest: Path, store, findings: list[Findings], a
     res["noise_residual_adjacent_corr"] = {k: v["noise_corr"] for k, v in st.items()}
     res["liver_hu_std"] = {k: v["liver_std"] for k, v in st.items()}
     res["liver_hu_std_ratio"] = res["liver_hu_std"]["generated"] / res["liver_hu_std"]["real"]
+    res["liver_level_jitter_hu"] = {k: v["liver_jitter"] for k, v in st.items()}
     res["_volumes"] = gen
     return res
 
@@ -211,7 +229,8 @@ def text_experiment(module, vae, manifest: Path, store, findings, n: int, args, 
     idx = list(range(min(n, len(findings))))
     masks = store.labels[idx]
     gen = [run_generation(module, vae, masks, [replace(findings[i], **{field: v}).summary() for i in idx],
-                          args.seed + 7, args.steps, args.guidance, args.batch, args.aug_t) for v in values]
+                          args.seed + 7, args.steps, args.guidance, args.batch, args.aug_t, args.noise_corr)
+           for v in values]
     rows = []
     for j, i in enumerate(idx):
         seed = json.loads((root / "findings" / f"{store.case_ids[i]}.json").read_text())["seed"]
@@ -253,7 +272,7 @@ def mask_experiment(module, vae, store, args) -> dict[str, Any]:
     for m in masks:
         g = torch.Generator().manual_seed(args.seed + 11)
         out.append(generate_volume(module, vae, m[None], texts[:1], g, steps=args.steps,
-                                   guidance=args.guidance, aug_t=args.aug_t)[0].numpy())
+                                   guidance=args.guidance, aug_t=args.aug_t, noise_corr=args.noise_corr)[0].numpy())
     differ = (masks[0] != masks[1]).numpy()
     d = np.abs(out[0] - out[1])
     return {"mean_abs_diff_where_labels_differ": float(d[differ].mean()),
@@ -273,6 +292,10 @@ def _diff_floor(p: dict[str, Any], name: str, floor: str) -> tuple[str, str, str
              f"{p['oracle_max_abs_error']:.2f})")
     return (f"{name} error vs phantom expectation, same mask + seed (max |err|)", value, floor,
             p["max_abs_error_vs_expectation"] <= 10)
+
+
+def _jitter_note(j: dict[str, float]) -> str:
+    return f"; liver level jitter between adjacent slices gen {j['generated']:.1f} / real {j['real']:.1f} HU"
 
 
 def floors(vae_res: dict | None, ldm_res: dict | None) -> list[tuple[str, str, str, bool]]:
@@ -306,7 +329,8 @@ def floors(vae_res: dict | None, ldm_res: dict | None) -> list[tuple[str, str, s
                   + (f" (VAE recon {n['vae_reconstruction']:.3f})" if has_rec else ""),
                   "|diff| <= 0.1", abs(n["generated"] - n["real"]) <= 0.1),
                  ("liver HU std gen / real", f"{s:.3f}"
-                  + (f" (VAE recon / real {std['vae_reconstruction'] / std['real']:.3f})" if has_rec else ""),
+                  + (f" (VAE recon / real {std['vae_reconstruction'] / std['real']:.3f})" if has_rec else "")
+                  + (_jitter_note(ldm_res["liver_level_jitter_hu"]) if "liver_level_jitter_hu" in ldm_res else ""),
                   "0.8 .. 1.2", 0.8 <= s <= 1.2)]
     return rows
 
@@ -325,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="CFG weight (1.0 chosen on val prompts: 1.5 overshoots the phase effect)")
     p.add_argument("--aug-t", type=int, default=None,
                    help="previous-slice augmentation level at inference (default: the model's)")
+    p.add_argument("--noise-corr", type=float, default=None,
+                   help="correlation of the initial noise between adjacent slices (default: the model's)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)

@@ -34,6 +34,7 @@ def generate_volume(
     aug_t: int | None = None,
     decode_batch: int = 64,
     batch_cfg: bool = True,
+    noise_corr: float | None = None,
 ) -> torch.Tensor:
     """CT volumes in HU from label volumes.
 
@@ -50,16 +51,23 @@ def generate_volume(
         aug_t: previous-slice augmentation level at inference (None = module's `aug_t`).
         decode_batch: slices per VAE decoder call.
         batch_cfg: both guidance branches in one forward (False: two passes, for benchmarks).
+        noise_corr: rho in [0, 1): the initial noise of slice k is rho * x_T(k-1) +
+            sqrt(1 - rho^2) * fresh noise (AR(1) along z: still N(0, I) for every slice, so each
+            slice is a valid sample; adjacent slices start correlated, 0 = independent).
+            None = the module's `noise_corr` (0 where it has none).
 
     Returns:
         (B, X, Y, Z) float32 HU in [-1000, 1000] on the masks' device.
     """
+    hp = module.hparams
+    noise_corr = float(hp.get("noise_corr", 0.0) if noise_corr is None else noise_corr)
+    if not 0.0 <= noise_corr < 1.0:
+        raise ValueError(f"noise_corr must be in [0, 1), got {noise_corr}")
     if masks.ndim != 4:
         raise ValueError(f"masks must be (B, X, Y, Z), got {tuple(masks.shape)}")
     b, nx, ny, nz = masks.shape
     if len(summaries) != b:
         raise ValueError(f"{len(summaries)} summaries for {b} volumes")
-    hp = module.hparams
     device = next(module.denoiser.parameters()).device
     masks = masks.to(device).long()
     f = vae.factor
@@ -79,12 +87,14 @@ def generate_volume(
     levels = torch.full((b,), level, device=device, dtype=torch.long)
     latents = torch.empty(b, nz, c, *hw, device=device)  # (B, Z, C, h, w)
     prev = torch.zeros(b, c, *hw, device=device)
+    x_T = None  # the previous slice's initial noise (noise_corr)
     for k in range(nz):
         seg = mask_to_latent_grid(masks[..., k], hw, hp.num_classes)  # (B, K, h, w)
         prev_aug = augment_prev(scheduler, prev, levels, generator)
         position = torch.full((b, 1), k / max(1, nz - 1), device=device)
         extra = {"prev": prev_aug, "seg": seg, "position": position, "level": levels}
-        x_T = scheduler.init_noise((b, c, *hw), generator=generator, device=device)
+        fresh = scheduler.init_noise((b, c, *hw), generator=generator, device=device)
+        x_T = fresh if x_T is None else noise_corr * x_T + (1.0 - noise_corr**2) ** 0.5 * fresh
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             z, _ = sample_loop(
                 module.denoiser, scheduler, x_T, generator=generator, guidance=guidance,

@@ -106,6 +106,7 @@ def test_ldm_fit_exports_artifacts(tiny_stage2: dict[str, Path]) -> None:
     assert ldm_meta["num_classes"] == default_labels().num_classes and ldm_meta["vae"] == "vae"
     assert ldm_meta["weights"] == "ema" and ldm_meta["pooled_text"] is True  # phantom.yaml's choices
     assert ldm_meta["class_embed"] == "ldm_classemb" and ldm_meta["class_embed_dim"] > 0
+    assert ldm_meta["noise_corr"] == 0.0  # phantom.yaml: independent initial noise per slice
 
 
 def test_loaded_ldm_keeps_the_class_map_weights(tiny_stage2: dict[str, Path]) -> None:
@@ -215,3 +216,36 @@ def test_nan_loss_names_the_step() -> None:
 
     with pytest.raises(NonFiniteLossError, match="step 17"):
         check_finite(torch.tensor(float("nan")), 17)
+
+
+def test_generate_volume_correlated_initial_noise(tiny_stage2: dict[str, Path]) -> None:
+    """noise_corr rho: slice k starts from rho * x_T(k-1) + sqrt(1 - rho^2) * fresh, where the fresh
+    draws are those of rho = 0 with the same generator (AR(1) along z, exact recursion)."""
+    from stage2_ct.data import load_cases
+    from stage2_ct.generate import generate_volume
+    from stage2_ct.ldm_module import load_slice_ldm
+
+    module = load_slice_ldm(tiny_stage2["ldm"])
+    store = load_cases(tiny_stage2["manifest"], "train", 1, default_labels(), (2, 2, 2))
+    masks = store.labels[:1, ..., :4]  # 4 slices
+
+    def first_inputs(rho: float | None) -> list[torch.Tensor]:
+        seen: list[torch.Tensor] = []
+        hook = module.denoiser.register_forward_pre_hook(lambda mod, args: seen.append(args[0].float().clone()))
+        generate_volume(module, module.vae, masks, store.summaries[:1], torch.Generator().manual_seed(3),
+                        steps=2, autocast=False, noise_corr=rho)
+        hook.remove()
+        return seen[::2]  # 2 steps per slice: the first call of each slice sees x_T
+
+    fresh, mixed = first_inputs(0.0), first_inputs(0.8)
+    assert len(fresh) == len(mixed) == 4
+    torch.testing.assert_close(mixed[0], fresh[0], atol=0, rtol=0)
+    for k in range(1, 4):
+        torch.testing.assert_close(mixed[k], 0.8 * mixed[k - 1] + 0.6 * fresh[k], atol=1e-6, rtol=0)
+    module.hparams.noise_corr = 0.8  # the module's default (artifact metadata) applies when None
+    default = first_inputs(None)
+    module.hparams.noise_corr = 0.0
+    for a, b in zip(default, mixed, strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="noise_corr"):
+        generate_volume(module, module.vae, masks, store.summaries[:1], steps=2, noise_corr=1.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from shared.labels import default_labels
-from stage2_ct.evaluate import volume_stats
+from stage2_ct.evaluate import level_jitter, volume_stats
 
 
 def _case(noise_z: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -32,6 +32,23 @@ def test_shared_noise_is_continuous_and_correlated_fresh_noise_is_not() -> None:
     assert abs(s_fresh["noise_corr"]) < 0.15
     # liver std of N(0, 10) noise on the eroded liver
     assert 8.5 < s_fresh["liver_std"] < 11.5
+    # a constant level: slice means differ by noise only (~10 / sqrt(n voxels) per slice)
+    assert s_fresh["liver_jitter"] < 2.0 and s_shared["liver_jitter"] < 1e-4
+
+
+def test_level_jitter_sees_a_level_that_jumps_between_slices() -> None:
+    """Slice means alternating +-5 HU around 60 -> 10 HU between adjacent slices; slices with too
+    little of the organ are left out; no usable pair -> NaN."""
+    vol = np.full((8, 8, 6), 60.0, np.float32)
+    vol[..., ::2] += 5.0
+    vol[..., 1::2] -= 5.0
+    mask = np.zeros(vol.shape, bool)
+    mask[2:6, 2:6, :] = True
+    assert abs(level_jitter(vol, mask, min_voxels=16) - 10.0) < 1e-5
+    mask[..., 3:] = False  # slices 3.. empty: pairs (0, 1), (1, 2) remain
+    vol[..., 3:] = 1000.0
+    assert abs(level_jitter(vol, mask, min_voxels=16) - 10.0) < 1e-5
+    assert np.isnan(level_jitter(vol, mask, min_voxels=17))
 
 
 def test_text_floor_is_judged_against_the_expectation() -> None:
