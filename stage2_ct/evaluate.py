@@ -164,9 +164,11 @@ def evaluate_ldm(module, vae, manifest: Path, store, findings: list[Findings], a
     gen = run_generation(module, vae, store.labels, store.summaries, args.seed, args.steps,
                          args.guidance, args.batch, args.aug_t, args.noise_corr)
     gen_s = time.time() - t0
-    res: dict[str, Any] = {"n_cases": len(gen), "steps": args.steps, "guidance": args.guidance,
+    hp = module.hparams
+    res: dict[str, Any] = {"n_cases": len(gen), "steps": args.steps or hp.get("sample_steps", 20),
+                           "guidance": args.guidance,
                            "aug_t": args.aug_t,
-                           "noise_corr": module.hparams.get("noise_corr", 0.0) if args.noise_corr is None
+                           "noise_corr": hp.get("noise_corr", 0.0) if args.noise_corr is None
                            else args.noise_corr,
                            "seconds_per_volume": gen_s / len(gen)}
     # organ HU grouped by (phase, fatty)
@@ -344,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="test")
     p.add_argument("--n-cases", type=int, default=16)
     p.add_argument("--n-phase", type=int, default=4)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=1.0,
                    help="CFG weight (1.0 chosen on val prompts: 1.5 overshoots the phase effect)")
     p.add_argument("--aug-t", type=int, default=None,

@@ -28,7 +28,7 @@ def generate_volume(
     masks: torch.Tensor,
     summaries: Sequence[str],
     generator: torch.Generator | None = None,
-    steps: int = 20,
+    steps: int | None = None,
     guidance: float = 1.0,
     autocast: bool = True,
     aug_t: int | None = None,
@@ -45,7 +45,8 @@ def generate_volume(
         masks: (B, X, Y, Z) integer labels on the CT grid (RAS, axial slice k = [..., k]).
         summaries: B strings (Findings.summary()).
         generator: drives every random draw (initial noise, previous-slice augmentation).
-        steps: sampling steps of the module's scheduler (DDIM by default).
+        steps: sampling steps of the module's scheduler (DDIM by default); None = the module's
+            `sample_steps` (20 where it has none).
         guidance: classifier-free guidance weight on the text (1 = conditional only).
         autocast: bf16 autocast for the UNet and the VAE decoder body (its output conv runs in fp32).
         aug_t: previous-slice augmentation level at inference (None = module's `aug_t`).
@@ -61,6 +62,7 @@ def generate_volume(
     """
     hp = module.hparams
     noise_corr = float(hp.get("noise_corr", 0.0) if noise_corr is None else noise_corr)
+    steps = int(hp.get("sample_steps", 20) if steps is None else steps)
     if not 0.0 <= noise_corr < 1.0:
         raise ValueError(f"noise_corr must be in [0, 1), got {noise_corr}")
     if masks.ndim != 4:

@@ -106,7 +106,7 @@ def test_ldm_fit_exports_artifacts(tiny_stage2: dict[str, Path]) -> None:
     assert ldm_meta["num_classes"] == default_labels().num_classes and ldm_meta["vae"] == "vae"
     assert ldm_meta["weights"] == "ema" and ldm_meta["pooled_text"] is True  # phantom.yaml's choices
     assert ldm_meta["class_embed"] == "ldm_classemb" and ldm_meta["class_embed_dim"] > 0
-    assert ldm_meta["noise_corr"] == 0.0  # phantom.yaml: independent initial noise per slice
+    assert ldm_meta["noise_corr"] == 0.15 and ldm_meta["sample_steps"] == 10  # phantom.yaml's inference defaults
 
 
 def test_loaded_ldm_keeps_the_class_map_weights(tiny_stage2: dict[str, Path]) -> None:
@@ -229,12 +229,13 @@ def test_generate_volume_correlated_initial_noise(tiny_stage2: dict[str, Path]) 
     store = load_cases(tiny_stage2["manifest"], "train", 1, default_labels(), (2, 2, 2))
     masks = store.labels[:1, ..., :4]  # 4 slices
 
-    def first_inputs(rho: float | None) -> list[torch.Tensor]:
+    def first_inputs(rho: float | None, steps: int | None = 2) -> list[torch.Tensor]:
         seen: list[torch.Tensor] = []
         hook = module.denoiser.register_forward_pre_hook(lambda mod, args: seen.append(args[0].float().clone()))
         generate_volume(module, module.vae, masks, store.summaries[:1], torch.Generator().manual_seed(3),
-                        steps=2, autocast=False, noise_corr=rho)
+                        steps=steps, autocast=False, noise_corr=rho)
         hook.remove()
+        assert len(seen) == 4 * 2
         return seen[::2]  # 2 steps per slice: the first call of each slice sees x_T
 
     fresh, mixed = first_inputs(0.0), first_inputs(0.8)
@@ -242,9 +243,10 @@ def test_generate_volume_correlated_initial_noise(tiny_stage2: dict[str, Path]) 
     torch.testing.assert_close(mixed[0], fresh[0], atol=0, rtol=0)
     for k in range(1, 4):
         torch.testing.assert_close(mixed[k], 0.8 * mixed[k - 1] + 0.6 * fresh[k], atol=1e-6, rtol=0)
-    module.hparams.noise_corr = 0.8  # the module's default (artifact metadata) applies when None
-    default = first_inputs(None)
-    module.hparams.noise_corr = 0.0
+    saved = module.hparams.noise_corr, module.hparams.sample_steps
+    module.hparams.noise_corr, module.hparams.sample_steps = 0.8, 2  # the module's defaults apply when None
+    default = first_inputs(None, steps=None)
+    module.hparams.noise_corr, module.hparams.sample_steps = saved
     for a, b in zip(default, mixed, strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
     with pytest.raises(ValueError, match="noise_corr"):
