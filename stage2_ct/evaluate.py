@@ -146,13 +146,18 @@ def organ_means(vol: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return out
 
 
-def run_generation(module, vae, masks, summaries, seed, steps, guidance, batch, aug_t=None,
-                   noise_corr: float | None = None) -> np.ndarray:
+def sampling_args(args) -> dict[str, Any]:
+    """generate_volume's sampling settings from the command line (None = the model's default)."""
+    return {"steps": args.steps, "guidance": args.guidance, "aug_t": args.aug_t, "noise_corr": args.noise_corr}
+
+
+def run_generation(module, vae, masks, summaries, seed: int, args) -> np.ndarray:
+    """(N, X, Y, Z) HU, generated in batches of args.batch volumes, batch i seeded seed + i * batch."""
     outs = []
-    for s in range(0, len(summaries), batch):
+    for s in range(0, len(summaries), args.batch):
         g = torch.Generator().manual_seed(seed + s)
-        outs.append(generate_volume(module, vae, masks[s : s + batch], summaries[s : s + batch], g,
-                                    steps=steps, guidance=guidance, aug_t=aug_t, noise_corr=noise_corr).numpy())
+        outs.append(generate_volume(module, vae, masks[s : s + args.batch], summaries[s : s + args.batch], g,
+                                    **sampling_args(args)).numpy())
     return np.concatenate(outs)
 
 
@@ -161,8 +166,7 @@ def evaluate_ldm(module, vae, manifest: Path, store, findings: list[Findings], a
     labels = store.labels.numpy()
     real = store.hu.numpy().astype(np.float32).clip(-1000, 1000)
     t0 = time.time()
-    gen = run_generation(module, vae, store.labels, store.summaries, args.seed, args.steps,
-                         args.guidance, args.batch, args.aug_t, args.noise_corr)
+    gen = run_generation(module, vae, store.labels, store.summaries, args.seed, args)
     gen_s = time.time() - t0
     hp = module.hparams
     res: dict[str, Any] = {"n_cases": len(gen), "steps": args.steps or hp.get("sample_steps", 20),
@@ -231,8 +235,7 @@ def text_experiment(module, vae, manifest: Path, store, findings, n: int, args, 
     idx = list(range(min(n, len(findings))))
     masks = store.labels[idx]
     gen = [run_generation(module, vae, masks, [replace(findings[i], **{field: v}).summary() for i in idx],
-                          args.seed + 7, args.steps, args.guidance, args.batch, args.aug_t, args.noise_corr)
-           for v in values]
+                          args.seed + 7, args) for v in values]
     rows = []
     for j, i in enumerate(idx):
         seed = json.loads((root / "findings" / f"{store.case_ids[i]}.json").read_text())["seed"]
@@ -273,8 +276,7 @@ def mask_experiment(module, vae, store, args) -> dict[str, Any]:
     out = []
     for m in masks:
         g = torch.Generator().manual_seed(args.seed + 11)
-        out.append(generate_volume(module, vae, m[None], texts[:1], g, steps=args.steps,
-                                   guidance=args.guidance, aug_t=args.aug_t, noise_corr=args.noise_corr)[0].numpy())
+        out.append(generate_volume(module, vae, m[None], texts[:1], g, **sampling_args(args))[0].numpy())
     differ = (masks[0] != masks[1]).numpy()
     d = np.abs(out[0] - out[1])
     return {"mean_abs_diff_where_labels_differ": float(d[differ].mean()),
