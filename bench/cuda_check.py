@@ -5,8 +5,9 @@ Checks: (1) one fp32 forward of each network gives the same output on the CPU an
 off); (2) `sample_masks` on the GPU with bf16 autocast and size control returns finite
 probabilities and the reported tumour voxel count ("argmax" mode; the largest difference is
 reported: float rounding at the threshold can move a voxel or two); (3) `generate_volume`
-on the GPU returns finite HU in [-1000, 1000] of the mask's shape. Timings: seconds per mask and
-per 80-slice volume at the default steps, batch 8, with CFG.
+on the GPU returns finite HU in [-1000, 1000] of the mask's shape, on the masks' device; (4) a CPU
+generator drives GPU sampling with the CPU's draws (fp32: labels agree, HU close to the CPU run's).
+Timings: seconds per mask and per 80-slice volume at the default steps, batch 8, with CFG.
 
     python bench/cuda_check.py --out bench/results/cuda_check.json
 """
@@ -21,9 +22,12 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
+from shared.runtime import bf16_is_fast  # noqa: E402
 from shared.vae.autoencoder import SliceAutoencoder  # noqa: E402
 from stage1_mask.sampler import MaskSampler, sample_masks  # noqa: E402
 from stage1_mask.size import target_tumor_voxels  # noqa: E402
@@ -76,29 +80,43 @@ def stage1(device: torch.device, steps: int, batch: int) -> dict:
                          grid=grid, size_control="per_tumour")
     _sync(device)
     sec = (time.perf_counter() - t0) / batch
+    agree = _same_draws(lambda g: sample_masks(sampler, texts[:2], g, steps=2, guidance=3.0, grid=[32, 32, 16],
+                                               bf16=False).argmax(1), sampler, device)
     return {"fp32_rel_max_diff_cpu_vs_gpu": rel, "argmax_count_max_abs_diff": int((counts - want).abs().max()),
             "argmax_count_target": want.tolist(),
             "probs_finite": bool(torch.isfinite(probs).all()), "steps": steps, "batch": batch,
-            "sec_per_mask_bf16_cfg": sec}
+            "sec_per_mask_bf16_cfg": sec, "cpu_generator_label_agreement_cpu_vs_gpu": agree}
+
+
+def _same_draws(sample_fn, nets, device: torch.device) -> float:
+    """A CPU generator driving sampling on `device` (fp32): the fraction of equal outputs (labels) or
+    the max |difference| (HU) against the same seed on the CPU; the nets end on `device`."""
+    outs = []
+    for dev in ("cpu", device):
+        for net in nets if isinstance(nets, tuple) else (nets,):
+            net.to(dev)
+        outs.append(sample_fn(torch.Generator().manual_seed(2)).cpu())
+    a, b = outs
+    return float((a == b).float().mean()) if not a.is_floating_point() else float((a - b).abs().max())
 
 
 def stage2(device: torch.device, steps: int, batch: int) -> dict:
     torch.manual_seed(0)
-    vae = SliceAutoencoder(latent_channels=8, channels=[48, 96, 128], num_res_blocks=[0, 2, 2]).eval()
-    module = SliceLDMModule(
-        vae_path=None, vae_config=None, latent_channels=8, pooled_text=True, text_encoder=TEXT,
-        unet_overrides=dict(channels=[32, 64, 128], num_res_blocks=[0, 1, 1],
-                            attention_levels=[False, False, True], head_dim=32, norm_groups=16),
-        scheduler=dict(schedule="scaled_linear", prediction_type="v_prediction", sampler="ddim")).eval()
+    vae_args = yaml.safe_load((ROOT / "stage2_ct/configs/vae/phantom.yaml").read_text())["model"]["init_args"]["vae"]
+    vae = SliceAutoencoder(**vae_args).eval()
+    ldm_args = yaml.safe_load((ROOT / "stage2_ct/configs/ldm/phantom.yaml").read_text())["model"]["init_args"]
+    ldm_args = {k: v for k, v in ldm_args.items() if k not in ("vae_path", "vae_config", "export_path", "decay_steps")}
+    module = SliceLDMModule(vae_path=None, vae_config=None, **ldm_args).eval()  # the phantom config's net
+    c = module.hparams.latent_channels
     text = module.encode_text(PROMPTS[:2])
-    extra = {"prev": torch.randn(2, 8, 32, 32), "seg": torch.rand(2, 12, 32, 32),
+    extra = {"prev": torch.randn(2, c, 32, 32), "seg": torch.rand(2, 12, 32, 32),
              "position": torch.rand(2, 1), "level": torch.tensor([100, 100])}
 
     def fwd(dev, inp):
         module.to(dev)
         return module.denoiser(inp["x"], inp["t"], **{k: inp[k] for k in extra}, **{k: inp[k] for k in text})
 
-    rel = _max_diff(fwd, {"x": torch.randn(2, 8, 32, 32), "t": torch.tensor([10, 900]), **extra, **text}, device)
+    rel = _max_diff(fwd, {"x": torch.randn(2, c, 32, 32), "t": torch.tensor([10, 900]), **extra, **text}, device)
     module.to(device)
     vae.to(device)
     masks = torch.randint(0, 12, (batch, 128, 128, 80), device=device)
@@ -110,7 +128,12 @@ def stage2(device: torch.device, steps: int, batch: int) -> dict:
                          steps=steps, guidance=1.5)
     _sync(device)
     sec = (time.perf_counter() - t0) / batch
+    small = torch.randint(0, 12, (2, 128, 128, 3))  # on the CPU: the output must come back there
+    on_cpu = generate_volume(module, vae, small[..., :1], PROMPTS[:2], None, steps=1).device.type == "cpu"
+    diff = _same_draws(lambda g: generate_volume(module, vae, small, PROMPTS[:2], g, steps=2, autocast=False),
+                       (module, vae), device)
     return {"fp32_rel_max_diff_cpu_vs_gpu": rel, "shape_ok": list(hu.shape) == list(masks.shape),
+            "output_on_masks_device": on_cpu, "cpu_generator_hu_max_diff_cpu_vs_gpu": diff,
             "hu_finite_in_range": bool(torch.isfinite(hu).all() and hu.min() >= -1000 and hu.max() <= 1000),
             "steps": steps, "batch": batch, "sec_per_volume_bf16_cfg": sec}
 
@@ -120,7 +143,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("bench/results/cuda_check.json"))
     p.add_argument("--device", default="cuda")
     p.add_argument("--steps1", type=int, default=25)
-    p.add_argument("--steps2", type=int, default=20)
+    p.add_argument("--steps2", type=int, default=10)  # the shipped LDM's sample_steps
     p.add_argument("--batch", type=int, default=8)
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -131,7 +154,7 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     res = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-           "torch": torch.__version__,
+           "torch": torch.__version__, "bf16_autocast": bf16_is_fast(device),
            "stage1": stage1(device, a.steps1, a.batch), "stage2": stage2(device, a.steps2, a.batch)}
     log.info("%s", json.dumps(res, indent=1))
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,22 @@ VARIANTS: dict[str, dict] = {
                           "num_res_blocks": [0, 2, 2]}, "bf16": True},
     "base_x3": {"vae": BASE, "bf16": True, "steps_mult": 3},
 }
+# Recipe sweep for the 8,000-step CPU budget of lat8_wide (`--sweep recipe --steps 8000`): learning
+# rate, soft-tissue weight, squared-error weight and latent channels around the shipped recipe.
+WIDE = VARIANTS["lat8_wide"]["vae"]
+RECIPES: dict[str, dict] = {
+    "lat8_wide": VARIANTS["lat8_wide"],
+    "lat8_wide_lr2e-3": {"vae": WIDE, "bf16": True, "lr": 2e-3},
+    "lat8_wide_soft8": {"vae": WIDE, "bf16": True, "loss": {"soft_weight": 8.0}},
+    "lat8_wide_soft8_lr2e-3": {"vae": WIDE, "bf16": True, "lr": 2e-3, "loss": {"soft_weight": 8.0}},
+    "lat8_wide_soft8_mse5": {"vae": WIDE, "bf16": True, "loss": {"soft_weight": 8.0, "mse_weight": 5.0}},
+    "lat12_wide": {"vae": {**WIDE, "latent_channels": 12}, "bf16": True},
+    "lat16_wide": {"vae": {**WIDE, "latent_channels": 16}, "bf16": True},
+    "lat12_wide_soft8_lr2e-3": {"vae": {**WIDE, "latent_channels": 12}, "bf16": True, "lr": 2e-3,
+                                "loss": {"soft_weight": 8.0}},
+}
+SWEEPS = {"capacity": VARIANTS, "recipe": RECIPES}
+LOSS = {"soft_weight": 4.0, "mse_weight": 20.0, "kl_weight": 1e-6}  # the phantom recipe
 
 
 def _case_slices(seed: int) -> np.ndarray:
@@ -61,10 +77,10 @@ def make_data(n_train: int, n_val: int, path: Path, procs: int) -> None:
 
 
 def run_variant(name: str, data: Path, steps: int, device: str, eval_every: int, time_only: bool) -> dict:
-    spec = VARIANTS[name]
+    spec = {**VARIANTS, **RECIPES}[name]
     torch.manual_seed(0)
     steps = steps * spec.get("steps_mult", 1)
-    module = VAEModule(vae=spec["vae"], soft_weight=4.0, mse_weight=20.0, kl_weight=1e-6)
+    module = VAEModule(vae=spec["vae"], **{**LOSS, **spec.get("loss", {})})
     vae: SliceAutoencoder = module.vae.to(device)
     lr = spec.get("lr", 1e-3)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr)
@@ -83,7 +99,7 @@ def run_variant(name: str, data: Path, steps: int, device: str, eval_every: int,
             g["lr"] = lr * warmup_cosine(step, 100, steps)
         with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=spec["bf16"]):
             x_rec, mu, logvar = vae(x)
-        loss = module.reconstruction_loss(x_rec, x) + 1e-6 * kl_divergence(mu.float(), logvar.float())
+        loss = module.reconstruction_loss(x_rec, x) + module.hparams.kl_weight * kl_divergence(mu.float(), logvar.float())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -113,7 +129,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", type=Path, default=Path("runs/vae_capacity"))
-    p.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    p.add_argument("--sweep", choices=list(SWEEPS), default="capacity")
+    p.add_argument("--variants", nargs="*", default=None, help="default: every variant of --sweep")
     p.add_argument("--variant", help="(internal) run one variant in this process")
     p.add_argument("--steps", type=int, default=10_000)
     p.add_argument("--eval-every", type=int, default=1000)
@@ -123,6 +140,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--time-only", action="store_true", help="seconds per step only (20 steps)")
     a = p.parse_args()
+    a.variants = a.variants or list(SWEEPS[a.sweep])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -12,24 +12,22 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from shared.runtime import add_runtime_arguments, apply_cli_runtime
 from stage1_mask.clip_module import ClipModule
 from stage1_mask.data import MaskDataModule
 
 
 class ClipCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--num_threads", type=int | None, default=None,
-                            help="torch.set_num_threads for CPU runs (None = torch's default)")
+        add_runtime_arguments(parser)
         parser.link_arguments("data.grid", "model.grid", apply_on="parse")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.get("num_threads"):
-            torch.set_num_threads(int(config["num_threads"]))
+        apply_cli_runtime(config)
 
 
 def main(args: list[str] | None = None, run: bool = True) -> ClipCLI:

@@ -21,11 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from shared.diffusion import CategoricalScheduler, sample_loop
+from shared.diffusion import CategoricalScheduler, random_draw, sample_loop
 from shared.findings import Findings
 from shared.io.artifact import load_component, read_component_spec, save_component
 from shared.labels import default_labels
 from shared.nets import build_unet
+from shared.runtime import bf16_is_fast
 from shared.text.encoder import TextEncoder, trim_context
 from stage1_mask.size import match_class_volume, target_tumor_voxels
 
@@ -114,7 +115,7 @@ def drop_condition(cond: Context, null: Context, p: float, generator: torch.Gene
     if p <= 0:
         return cond
     b = cond[0].shape[0]
-    drop = torch.rand(b, generator=generator, device=cond[0].device) < p  # (B,)
+    drop = random_draw("uniform", (b,), generator, cond[0].device) < p  # (B,)
     return tuple(torch.where(drop.view(-1, *([1] * (c.ndim - 1))), n.to(c.dtype), c)
                  for c, n in zip(cond, null, strict=True))  # type: ignore[return-value]
 
@@ -138,14 +139,15 @@ def sample_masks(
     steps: int = 25,
     guidance: float = 2.0,
     grid: Sequence[int] | None = None,
-    bf16: bool = True,
+    bf16: bool | None = None,
     prior_correction: float | None = None,
     size_control: bool | str | None = None,
 ) -> torch.Tensor:
     """Sample label volumes for `summaries` (strings or Findings) -> probs (B, K, X, Y, Z).
 
     Labels are `probs.argmax(1)`. CFG pair in one batched forward (guidance w: 1 = conditional
-    only, 0 = unconditional); bf16 autocast on the module's device when `bf16`.
+    only, 0 = unconditional); bf16 autocast on the module's device when `bf16` (None = where bf16
+    is fast there: shared.runtime.bf16_is_fast).
     `prior_correction` scales the logit adjustment -log w_k that undoes the class weights of the
     training loss (1 = full correction, 0 = the raw, weight-inflated logits; None = the artifact's
     `default_prior_correction`, else 1). `size_control`: at every step, shift the tumour
@@ -157,6 +159,7 @@ def sample_masks(
     sampler = _sampler_of(module)
     grid = list(grid or getattr(module, "grid", None) or getattr(sampler, "artifact_metadata", {}).get("grid"))
     device = next(sampler.parameters()).device
+    bf16 = bf16_is_fast(device) if bf16 is None else bf16
     was_training = sampler.training
     sampler.eval()
     b, k = len(summaries), sampler.num_classes

@@ -15,9 +15,9 @@ import logging
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from shared.runtime import add_runtime_arguments, apply_cli_runtime
 from stage2_ct.data import SliceDataModule
 
 log = logging.getLogger(__name__)
@@ -29,13 +29,11 @@ def _artifact_exists(path: str | None) -> bool:
 
 class Stage2CLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--num_threads", type=int | None, default=None,
-                            help="torch.set_num_threads for CPU runs (None = torch's default)")
+        add_runtime_arguments(parser)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.get("num_threads"):
-            torch.set_num_threads(int(config["num_threads"]))
+        apply_cli_runtime(config)
         model = config["model"]
         if not str(model["class_path"]).endswith("SliceLDMModule"):
             return

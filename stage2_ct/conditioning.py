@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from shared.data.downsample import label_fractions
-from shared.diffusion import GaussianScheduler
+from shared.diffusion import GaussianScheduler, random_draw
 from shared.text.encoder import trim_context
 
 
@@ -41,7 +41,7 @@ def augment_prev(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Noise the previous latent (B, C, h, w) to integer levels (B,) (level -1 = clean)."""
-    noise = torch.randn(prev.shape, generator=generator, device=prev.device, dtype=prev.dtype)
+    noise = random_draw("normal", tuple(prev.shape), generator, prev.device, prev.dtype)
     return scheduler.add_noise(prev, noise, level)
 
 

@@ -4,8 +4,8 @@ For every slice k, all B volumes and both classifier-free-guidance branches go t
 forward per sampling step (batch 2B, shared.diffusion.sample_loop with batch_cfg). Slice k is
 conditioned on its mask slice, its position, the text and the noise-augmented latent of the
 generated slice k-1 (zeros for k = 0). Latents are decoded by the VAE in slice batches at the end.
-Autocast in bf16 where `autocast` is on (CPU and CUDA): the UNet, and the VAE decoder except its
-output conv (fp32 output; 0.4 HU RMS from an fp32 decode on soft tissue, half the decode time).
+Autocast in bf16 where `autocast` is on (by default where bf16 is fast: shared.runtime.bf16_is_fast):
+the UNet, and the VAE decoder except its output conv (fp32 output; 0.4 HU RMS from an fp32 decode on soft tissue, half the decode time).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from shared.diffusion import sample_loop
+from shared.runtime import bf16_is_fast
 from stage2_ct.conditioning import augment_prev, mask_to_latent_grid, trim_text_inputs
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def generate_volume(
     generator: torch.Generator | None = None,
     steps: int | None = None,
     guidance: float = 1.0,
-    autocast: bool = True,
+    autocast: bool | None = None,
     aug_t: int | None = None,
     decode_batch: int = 64,
     batch_cfg: bool = True,
@@ -48,7 +49,8 @@ def generate_volume(
         steps: sampling steps of the module's scheduler (DDIM by default); None = the module's
             `sample_steps` (20 where it has none).
         guidance: classifier-free guidance weight on the text (1 = conditional only).
-        autocast: bf16 autocast for the UNet and the VAE decoder body (its output conv runs in fp32).
+        autocast: bf16 autocast for the UNet and the VAE decoder body (its output conv runs in fp32);
+            None = where bf16 is fast on the module's device (CUDA, CPUs with native bf16).
         aug_t: previous-slice augmentation level at inference (None = module's `aug_t`).
         decode_batch: slices per VAE decoder call.
         batch_cfg: both guidance branches in one forward (False: two passes, for benchmarks).
@@ -70,7 +72,8 @@ def generate_volume(
     b, nx, ny, nz = masks.shape
     if len(summaries) != b:
         raise ValueError(f"{len(summaries)} summaries for {b} volumes")
-    device = next(module.denoiser.parameters()).device
+    device, out_device = next(module.denoiser.parameters()).device, masks.device
+    autocast = bf16_is_fast(device) if autocast is None else autocast
     masks = masks.to(device).long()
     f = vae.factor
     if nx % f or ny % f:
@@ -110,4 +113,4 @@ def generate_volume(
     for s in range(0, len(flat), decode_batch):
         out.append(vae.decode_hu(flat[s : s + decode_batch], bf16=autocast).float())
     hu = torch.cat(out).reshape(b, nz, nx, ny).permute(0, 2, 3, 1)  # (B, X, Y, Z)
-    return hu.contiguous()
+    return hu.contiguous().to(out_device)

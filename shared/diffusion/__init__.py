@@ -6,7 +6,7 @@ noising steps; abar_{-1} = 1 is the clean data. See schedules.py.
 
 from shared.diffusion.categorical import CategoricalScheduler, sample_categorical, to_onehot
 from shared.diffusion.gaussian import GaussianScheduler
-from shared.diffusion.protocol import Scheduler
+from shared.diffusion.protocol import Scheduler, random_draw
 from shared.diffusion.sampling import cfg_combine, guided_output, sample_loop
 from shared.diffusion.schedules import make_betas, make_timesteps
 
@@ -18,6 +18,7 @@ __all__ = [
     "guided_output",
     "make_betas",
     "make_timesteps",
+    "random_draw",
     "sample_categorical",
     "sample_loop",
     "to_onehot",

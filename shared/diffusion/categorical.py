@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.diffusion.protocol import SamplingTimesteps
+from shared.diffusion.protocol import SamplingTimesteps, random_draw
 from shared.diffusion.schedules import alpha_bar_at, make_betas, unsqueeze_right
 
 __all__ = ["CategoricalScheduler", "sample_categorical", "to_onehot"]
@@ -48,10 +48,8 @@ def to_onehot(x0: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.flo
 
 def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One draw per voxel from probs (B, K, *S) by inverse CDF; returns one-hot (B, K, *S)."""
-    u = torch.rand(
-        (probs.shape[0], 1, *probs.shape[2:]), generator=generator, device=probs.device,
-        dtype=torch.float64 if probs.dtype == torch.float64 else torch.float32,
-    )
+    u = random_draw("uniform", (probs.shape[0], 1, *probs.shape[2:]), generator, probs.device,
+                    torch.float64 if probs.dtype == torch.float64 else torch.float32)
     cdf = probs.to(u.dtype).cumsum(dim=1)
     cdf = cdf / cdf[:, -1:]  # guard against rounding: last entry exactly 1
     idx = (cdf < u).sum(dim=1).clamp(max=probs.shape[1] - 1)  # (B, *S)

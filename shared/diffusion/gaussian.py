@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shared.diffusion.protocol import SamplingTimesteps
+from shared.diffusion.protocol import SamplingTimesteps, random_draw
 from shared.diffusion.schedules import alpha_bar_at, make_betas, unsqueeze_right
 
 __all__ = ["GaussianScheduler", "PREDICTION_TYPES"]
@@ -153,7 +153,7 @@ class GaussianScheduler(SamplingTimesteps, nn.Module):
         device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """x_{T-1} ~ N(0, I) of `shape`."""
-        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        return random_draw("normal", shape, generator, device, dtype)
 
     def step(
         self, model_output: torch.Tensor, t: int | torch.Tensor, sample: torch.Tensor,
@@ -174,5 +174,5 @@ class GaussianScheduler(SamplingTimesteps, nn.Module):
             std = sigma
         if s < 0 or (self.sampler == "ddim" and self.eta == 0):
             return mean, x0
-        z = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+        z = random_draw("normal", tuple(sample.shape), generator, sample.device, sample.dtype)
         return mean + std * z, x0

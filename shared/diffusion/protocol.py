@@ -13,6 +13,16 @@ import torch
 from shared.diffusion.schedules import make_timesteps
 
 
+def random_draw(kind: str, shape: tuple[int, ...], generator: torch.Generator | None,
+                device: torch.device | str | None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """torch.randn (kind "normal") or torch.rand ("uniform") of `shape`, drawn on the generator's
+    device and moved to `device`: a CPU generator drives CUDA sampling too, and one seed gives the
+    same draws on every device."""
+    fn = {"normal": torch.randn, "uniform": torch.rand}[kind]
+    src = generator.device if generator is not None else device
+    return fn(shape, generator=generator, device=src, dtype=dtype).to(device)
+
+
 @runtime_checkable
 class Scheduler(Protocol):
     """Noise process + sampler.

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from shared.data.transforms import hu_to_model, model_to_hu
+from shared.diffusion.protocol import random_draw
 
 __all__ = ["SliceAutoencoder", "kl_divergence"]
 
@@ -117,7 +118,7 @@ class SliceAutoencoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reconstruction with a posterior sample: (x_rec, mu, logvar)."""
         mu, logvar = self.encode(x)
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        eps = random_draw("normal", tuple(mu.shape), generator, mu.device, mu.dtype)
         z = mu + (0.5 * logvar).exp() * eps
         return self.decode(z), mu, logvar
 

@@ -199,6 +199,29 @@ def test_generate_volume_two_steps(tiny_stage2: dict[str, Path]) -> None:
         generate_volume(module, module.vae, masks, store.summaries[:1], steps=2)
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_generate_volume_autocasts_where_bf16_is_fast(tiny_stage2: dict[str, Path], monkeypatch, fast) -> None:
+    """autocast=None (the default): bf16 for the UNet and the VAE decoder body only where
+    shared.runtime.bf16_is_fast says so for the module's device (not on an AVX2-only CPU)."""
+    import stage2_ct.generate as gen_mod
+    from stage2_ct.data import load_cases
+    from stage2_ct.ldm_module import load_slice_ldm
+
+    module = load_slice_ldm(tiny_stage2["ldm"])
+    store = load_cases(tiny_stage2["manifest"], "train", 1, default_labels(), (2, 2, 2))
+    monkeypatch.setattr(gen_mod, "bf16_is_fast", lambda device: fast)
+    seen: list[bool] = []
+    decode = module.vae.decode_hu
+    monkeypatch.setattr(module.vae, "decode_hu", lambda z, bf16=False: seen.append(bf16) or decode(z, bf16=bf16))
+    dtypes: list[torch.dtype] = []
+    hook = module.denoiser.register_forward_hook(lambda mod, args, out: dtypes.append(out.dtype))
+    gen_mod.generate_volume(module, module.vae, store.labels[:1, ..., :2], store.summaries[:1],
+                            torch.Generator().manual_seed(0), steps=1)
+    hook.remove()
+    assert seen and set(seen) == {fast}
+    assert set(dtypes) == {torch.bfloat16 if fast else torch.float32}
+
+
 def test_masks_round_trip_like_pipeline(tiny_phantom: Path) -> None:
     """Training masks went down to the stage-1 grid and back (blockier than the crisp labels)."""
     from stage2_ct.data import load_cases, roundtrip_labels

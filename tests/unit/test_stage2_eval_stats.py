@@ -66,3 +66,48 @@ def test_text_floor_is_judged_against_the_expectation() -> None:
     assert met and "expectation" in name and "11.00" in value and "10.50" in value
     rows[0]["generated_diff"], rows[0]["error_vs_expectation"] = 60.0, 12.5
     assert not _diff_floor(_diff_summary(rows), "liver PV - NC", "<= 10")[3]
+
+
+def test_organ_floor_is_judged_against_the_expectation() -> None:
+    """Group means: generated vs the phantom at its expected HU (the floor), vs the own draws and
+    the oracle (expectation vs own draws) beside it; groups and organs kept apart."""
+    from stage2_ct.evaluate import _organ_floor, organ_hu_errors
+
+    rows = [("liver", "portal_venous|normal", 108.0, 100.0, 107.5),   # (organ, group, gen, own draw, expectation)
+            ("liver", "portal_venous|normal", 106.0, 112.0, 107.5),
+            ("liver", "non_contrast|fatty", 30.0, 21.0, 25.0),
+            ("spleen", "portal_venous|normal", 118.0, 111.0, 117.5)]
+    err = organ_hu_errors(rows)
+    pv = err["liver"]["portal_venous|normal"]
+    assert pv["n"] == 2 and pv["gen"] == 107.0 and pv["real"] == 106.0 and pv["expectation"] == 107.5
+    assert pv["abs_error"] == 0.5 and pv["abs_error_vs_own_draws"] == 1.0 and pv["oracle_abs_error"] == 1.5
+    assert err["liver"]["non_contrast|fatty"]["abs_error"] == 5.0
+    assert err["spleen"]["portal_venous|normal"]["abs_error_vs_own_draws"] == 7.0 and err["pancreas"] == {}
+    res = {"organ_hu_max_error": 5.0, "organ_hu_max_error_vs_own_draws": 9.0, "organ_hu_oracle_max_error": 4.0}
+    name, value, floor, met = _organ_floor(res)
+    assert met and "expectation" in name and "9.00" in value and "4.00" in value
+    assert not _organ_floor({**res, "organ_hu_max_error": 5.5})[3]
+    assert not _organ_floor({"organ_hu_max_error": 9.0})[3]  # older results: judged as before
+
+
+def test_phantom_ct_reproduces_the_stored_case_and_its_expectation(tiny_phantom) -> None:
+    """phantom_ct with the own draw is the stored CT; at the expectation only the tissue levels move
+    (the liver by its own draw's offset from the midpoint of its range, the same on every voxel
+    away from edges)."""
+    from shared.data.manifest import read_manifest
+    from shared.io.nifti import read_nifti
+    from stage2_ct.evaluate import eroded, phantom_ct, phantom_grid
+
+    root = tiny_phantom.parent
+    entry = read_manifest(tiny_phantom)[0]  # absolute image / label paths
+    grid = phantom_grid(root)
+    own = phantom_ct(root, entry.case_id, entry.findings, grid)
+    mid = phantom_ct(root, entry.case_id, entry.findings, grid, expectation=True)
+    stored, _ = read_nifti(entry.image)
+    np.testing.assert_array_equal(own, stored.astype(np.float32))
+    labels, _ = read_nifti(entry.label)
+    liver = eroded(labels, default_labels().id_of("liver"))
+    shift = (mid - own)[liver]
+    assert liver.sum() > 0 and np.ptp(shift) <= 1.0  # one offset (int16 rounding aside)
+    air = own < -950  # air and gas have no HU draw: unchanged but where blur mixes in tissue
+    assert air.sum() > 0 and np.mean(mid[air] == own[air]) > 0.9

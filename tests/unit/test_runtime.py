@@ -1,0 +1,56 @@
+"""shared.runtime (where bf16 pays off; the CLI precision fallback) and shared.diffusion.random_draw."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shared import runtime
+from shared.diffusion import random_draw
+
+
+def test_bf16_is_fast_follows_onednn_on_cpu_and_is_off_elsewhere() -> None:
+    assert runtime.bf16_is_fast("cpu") == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert runtime.bf16_is_fast("meta") is False
+
+
+@pytest.mark.parametrize(("fast", "accelerator", "precision", "want"), [
+    (False, "cpu", "bf16-mixed", "32-true"),     # AVX2-only CPU: bf16 would be ~20x slower
+    (False, "auto", "bf16-true", "32-true"),     # no CUDA here: auto means the CPU
+    (True, "cpu", "bf16-mixed", "bf16-mixed"),   # native bf16: kept
+    (False, "cpu", "32-true", "32-true"),        # nothing to change
+    (False, "gpu", "bf16-mixed", "bf16-mixed"),  # not a CPU run
+])
+def test_fallback_precision(monkeypatch, caplog, fast, accelerator, precision, want) -> None:
+    monkeypatch.setattr(runtime, "bf16_is_fast", lambda device: fast)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    trainer = {"accelerator": accelerator, "precision": precision}
+    runtime.fallback_precision(trainer, "trainer.precision")
+    assert trainer["precision"] == want
+    assert ("32-true" in caplog.text) == (want != precision)
+
+
+def test_apply_cli_runtime_sets_threads_and_precision(monkeypatch) -> None:
+    monkeypatch.setattr(runtime, "bf16_is_fast", lambda device: False)
+    before = torch.get_num_threads()
+    config = {"num_threads": 1, "trainer": {"accelerator": "cpu", "precision": "bf16-mixed"}}
+    try:
+        runtime.apply_cli_runtime(config)
+        assert torch.get_num_threads() == 1 and config["trainer"]["precision"] == "32-true"
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_random_draw_uses_the_generators_device_and_moves_the_result() -> None:
+    """A CPU generator gives the CPU draws whatever the target device (here 'meta': no data), so
+    one seed samples the same on the CPU and on a GPU (checked on CUDA by bench/cuda_check.py)."""
+    want = torch.randn((2, 3), generator=torch.Generator().manual_seed(5))
+    got = random_draw("normal", (2, 3), torch.Generator().manual_seed(5), "cpu")
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    u = random_draw("uniform", (1000,), torch.Generator().manual_seed(0), "cpu", torch.float64)
+    assert u.dtype == torch.float64 and 0 <= float(u.min()) and float(u.max()) < 1 and abs(float(u.mean()) - 0.5) < 0.05
+    moved = random_draw("normal", (2, 3), torch.Generator().manual_seed(5), "meta")
+    assert moved.device.type == "meta" and moved.shape == (2, 3)
+    assert random_draw("normal", (4,), None, "cpu").shape == (4,)
+    with pytest.raises(KeyError):
+        random_draw("poisson", (4,), None, "cpu")
