@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_stage2.py [--ldm weights/stage2_ldm_phantom] [--threads 2]
         [--slices 8] [--repeats 3] [--floor-only --out bench/results/stage2_floor_<net>.json]
+        [--fp32-only --out bench/results/stage2_fp32_<cpu>.json]   # CPUs without native bf16
 
 Configurations: 1000-step DDPM (the naive baseline: fp32, batch 1, CFG as two passes) and
 50 / 20 / 10-step DDIM; fp32 vs bf16 autocast; 1 vs 8 volumes per batch; with and without
@@ -28,6 +29,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from shared.runtime import bf16_is_fast  # noqa: E402
 
 N_SLICES_VOLUME = 80
 
@@ -79,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="timed runs per configuration (median)")
     p.add_argument("--floor-only", action="store_true",
                    help="only the issue's floor row (20-step DDIM, batch 8, CFG, bf16), e.g. to compare nets")
+    p.add_argument("--fp32-only", action="store_true",
+                   help="every row in fp32 (CPUs without native bf16: bf16 rows would take hours)")
     p.add_argument("--out", default=str(ROOT / "bench/results/stage2.json"))
     args = p.parse_args(argv)
     if args.repeats < 1:
@@ -98,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             for cfg in (False, True):
                 configs.append(("DDIM 20", 20, 20, batch, cfg, bf16, True))
     configs.append(("DDPM 1000", 1000, args.ddpm_timed_steps, 8, True, True, True))
-    if args.floor_only:
-        configs = [("DDIM 20", 20, 20, 8, True, True, True)]
+    if args.floor_only:  # bf16 where the CPU runs it natively (shared.runtime.bf16_is_fast)
+        configs = [("DDIM 20", 20, 20, 8, True, bf16_is_fast("cpu"), True)]
+    if args.fp32_only:
+        configs = [(label, s, t, b, c, False, bc) for label, s, t, b, c, _, bc in configs]
     seen = set()
     for label, steps, timed, batch, cfg, bf16, bcfg in configs:
         key = (steps, batch, cfg, bf16, bcfg)
@@ -127,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(), "machine": platform.processor()
-                               or platform.machine(), "threads": args.threads, "repeats": args.repeats,
+                               or platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                               "bf16_native": bf16_is_fast("cpu"), "threads": args.threads, "repeats": args.repeats,
                                "slices": args.slices, "unet_params": n_params, "weights": weights,
                                "rows": rows, "table": table}, indent=1))
     return 0

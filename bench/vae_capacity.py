@@ -8,6 +8,7 @@ CPU for seconds per step; steps affordable in the budget = budget / (s / step).
 
     python bench/vae_capacity.py --device cuda --out runs/vae_capacity          # GPU: curves
     python bench/vae_capacity.py --device cpu --time-only --threads 1           # CPU: s / step
+    python bench/vae_capacity.py --sweep recipe --steps 8000 --out runs/vae_recipe  # GPU: recipes
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ RECIPES: dict[str, dict] = {
                                 "loss": {"soft_weight": 8.0}},
 }
 SWEEPS = {"capacity": VARIANTS, "recipe": RECIPES}
+# Named with --variants only (CPU timings: bf16 vs fp32 on CPUs without native bf16).
+EXTRA = {"lat8_wide_fp32": {"vae": WIDE, "bf16": False}}
 LOSS = {"soft_weight": 4.0, "mse_weight": 20.0, "kl_weight": 1e-6}  # the phantom recipe
 
 
@@ -76,8 +79,9 @@ def make_data(n_train: int, n_val: int, path: Path, procs: int) -> None:
     np.savez(path, train=np.concatenate(train), val=np.concatenate([v[::4] for v in val]))
 
 
-def run_variant(name: str, data: Path, steps: int, device: str, eval_every: int, time_only: bool) -> dict:
-    spec = {**VARIANTS, **RECIPES}[name]
+def run_variant(name: str, data: Path, steps: int, device: str, eval_every: int, time_only: bool,
+                timed: int = 20, warmup: int = 5) -> dict:
+    spec = {**VARIANTS, **RECIPES, **EXTRA}[name]
     torch.manual_seed(0)
     steps = steps * spec.get("steps_mult", 1)
     module = VAEModule(vae=spec["vae"], **{**LOSS, **spec.get("loss", {})})
@@ -104,10 +108,11 @@ def run_variant(name: str, data: Path, steps: int, device: str, eval_every: int,
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
-        if time_only and step == 4:
+        if time_only and step == warmup - 1:
             t0 = time.perf_counter()
-        if time_only and step == 24:
-            return {"variant": name, "params": n_params, "s_per_step": (time.perf_counter() - t0) / 20}
+        if time_only and step == warmup + timed - 1:
+            return {"variant": name, "params": n_params, "s_per_step": (time.perf_counter() - t0) / timed,
+                    "cpu": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             curve.append({"step": step + 1, **evaluate(vae, val), "wall_s": round(time.perf_counter() - t0, 1)})
             log.info("%s %s", name, curve[-1])
@@ -138,7 +143,9 @@ def main() -> None:
     p.add_argument("--val-cases", type=int, default=8)
     p.add_argument("--procs", type=int, default=8)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--time-only", action="store_true", help="seconds per step only (20 steps)")
+    p.add_argument("--time-only", action="store_true", help="seconds per step only")
+    p.add_argument("--timed-steps", type=int, default=20, help="--time-only: steps timed after the warm-up")
+    p.add_argument("--warmup", type=int, default=5, help="--time-only: untimed steps first")
     a = p.parse_args()
     a.variants = a.variants or list(SWEEPS[a.sweep])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -156,7 +163,7 @@ def main() -> None:
         log.info("data in %.0f s", time.perf_counter() - t)
     if a.time_only:  # sequential: timings must not share the cores
         for name in a.variants:
-            res = run_variant(name, data, a.steps, a.device, a.eval_every, True)
+            res = run_variant(name, data, a.steps, a.device, a.eval_every, True, a.timed_steps, a.warmup)
             log.info("%s", res)
             (a.out / f"time_{name}.json").write_text(json.dumps(res))
         return
