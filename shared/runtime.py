@@ -2,9 +2,10 @@
 decision for autocast at sampling time and for Lightning's precision).
 
 bf16 autocast is fast on CUDA GPUs with bf16 and on CPUs that oneDNN runs bf16 on natively
-(AVX-512 BW/VL/DQ, AVX512-BF16, AMX; ARM with bf16). On an AVX2-only CPU (e.g. AMD EPYC Milan)
-PyTorch falls back to a reference GEMM for bf16 convolutions: measured on 2 such cores, one
-training step of the phantom VAE took 26 s in bf16 against 1.3 s in fp32.
+(AVX-512 BW/VL/DQ, AVX512-BF16, AMX; ARM with bf16). On an AVX2-only CPU (e.g. AMD EPYC of family
+25 model 1) PyTorch falls back to a reference GEMM for bf16 convolutions: on 2 such cores one
+training step of the phantom VAE took 25.9 s in bf16 against 1.23 s in fp32
+(bench/vae_capacity.py --time-only, bench/results/vae_cpu_avx2).
 """
 
 from __future__ import annotations
