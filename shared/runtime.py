@@ -32,13 +32,13 @@ def bf16_is_fast(device: torch.device | str) -> bool:
 
 def fallback_precision(trainer: dict[str, Any], where: str) -> None:
     """A CPU run asked for a bf16 `trainer.precision` on a CPU without native bf16: switch the
-    (mutable) trainer config to "32-true" and say so (`where` names the config in the warning)."""
+    (mutable) trainer config to "32-true" and say so (`where`: the config field, for the warning)."""
     precision = str(trainer.get("precision"))
     accelerator = str(trainer.get("accelerator") or "auto")
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
     if precision in BF16_PRECISIONS and on_cpu and not bf16_is_fast("cpu"):
-        log.warning("%s: trainer.precision %s on a CPU without native bf16 (%s) runs ~20x slower "
-                    "than fp32: using 32-true", where, precision, torch.backends.cpu.get_cpu_capability())
+        log.warning("%s %s on a CPU without native bf16 (%s) runs ~20x slower than fp32: using 32-true",
+                    where, precision, torch.backends.cpu.get_cpu_capability())
         trainer["precision"] = "32-true"
 
 
