@@ -88,6 +88,9 @@ def test_organ_floor_is_judged_against_the_expectation() -> None:
     assert met and "expectation" in name and "9.00" in value and "4.00" in value
     assert not _organ_floor({**res, "organ_hu_max_error": 5.5})[3]
     assert not _organ_floor({"organ_hu_max_error": 9.0})[3]  # older results: judged as before
+    assert "VAE recon" not in value
+    with_rec = _organ_floor({**res, "organ_hu_vae_reconstruction_max_error": 0.625})
+    assert "VAE recon vs own draws 0.62" in with_rec[1] and with_rec[3]  # shown, not judged
 
 
 def test_phantom_ct_reproduces_the_stored_case_and_its_expectation(tiny_phantom) -> None:

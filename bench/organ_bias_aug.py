@@ -1,0 +1,127 @@
+"""Organ-level bias of the slice LDM against its inference previous-slice augmentation level,
+with the real previous slice given (teacher forcing), so that the sampler's own drift along z is
+out of the picture and every slice is an independent sample.
+
+    .venv/bin/python bench/organ_bias_aug.py [--phase portal_venous] [--cases 6] \
+        [--runs 10,100 10,200 50,100 10,-1] [--threads 2]
+
+For the first `--cases` test cases of the phase: every axial slice k that holds an eroded kidney,
+pancreas or spleen voxel is sampled from the posterior-mean latent of the real slice k-1 (zeros
+for k = 0), noised to the run's level (-1 = clean) as in `generate_volume`, with the case's mask
+and summary, guidance 1, the run's number of DDIM steps. Per organ: the mean over cases of
+(generated - phantom expectation) on the eroded voxels (HU; `stage2_ct.evaluate` definitions).
+Writes bench/results/organ_bias_aug_<phase>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ORGANS = ("kidney_left", "kidney_right", "pancreas", "spleen")
+log = logging.getLogger("organ_bias_aug")
+
+
+@torch.no_grad()
+def sample_slices(module, vae, items, store, latents, steps: int, level: int, chunk: int = 48) -> dict:
+    """{(case index, k): (X, Y) HU} for every (case, k) in items, seeded 0."""
+    from shared.diffusion import sample_loop
+    from stage2_ct.conditioning import augment_prev, mask_to_latent_grid, trim_text_inputs
+
+    hp, sch = module.hparams, module.scheduler
+    sch.set_timesteps(steps)
+    g = torch.Generator().manual_seed(0)
+    nz = store.labels.shape[-1]
+    out = {}
+    for s in range(0, len(items), chunk):
+        part = items[s : s + chunk]
+        b, (c, h, w) = len(part), latents[part[0][0]].shape[1:]
+        seg = mask_to_latent_grid(torch.stack([store.labels[i][..., k] for i, k in part]).long(), (h, w),
+                                  hp.num_classes)
+        prev = torch.stack([latents[i][k - 1] if k > 0 else torch.zeros(c, h, w) for i, k in part])
+        levels = torch.full((b,), level, dtype=torch.long)
+        text, = trim_text_inputs(module.encode_text([store.summaries[i] for i, _ in part]))
+        extra = {"prev": augment_prev(sch, prev, levels, g), "seg": seg, "level": levels,
+                 "position": torch.tensor([[k / max(1, nz - 1)] for _, k in part])}
+        x_t = sch.init_noise((b, c, h, w), generator=g, device=torch.device("cpu"))
+        z, _ = sample_loop(module.denoiser, sch, x_t, generator=g, guidance=1.0, cond={**text, **extra},
+                           uncond=None)
+        for key, hu in zip(part, vae.decode_hu(z)[:, 0].numpy(), strict=True):
+            out[key] = hu
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--manifest", default="data/phantom/manifest.jsonl")
+    p.add_argument("--vae", default="weights/stage2_vae_phantom")
+    p.add_argument("--ldm", default="weights/stage2_ldm_phantom")
+    p.add_argument("--phase", default="portal_venous", choices=("portal_venous", "non_contrast"))
+    p.add_argument("--cases", type=int, default=6)
+    p.add_argument("--runs", nargs="+", default=["10,100", "10,200"], help="steps,level pairs")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    from shared.data.manifest import read_manifest
+    from shared.data.transforms import hu_to_model
+    from shared.labels import default_labels
+    from stage2_ct.data import load_cases
+    from stage2_ct.evaluate import eroded, phantom_ct, phantom_grid
+    from stage2_ct.ldm_module import load_slice_ldm
+    from stage2_ct.vae_module import load_vae
+
+    manifest, table = Path(args.manifest), default_labels()
+    store = load_cases(manifest, "test", 16, table, (2, 2, 2))
+    findings = {e.case_id: e.findings for e in read_manifest(manifest, split="test")}
+    cases = [i for i, c in enumerate(store.case_ids) if findings[c].phase == args.phase][: args.cases]
+    vae = load_vae(args.vae)
+    module = load_slice_ldm(args.ldm, vae_path=args.vae).eval()
+    grid = phantom_grid(manifest.parent)
+    masks, expect, latents, items = {}, {}, {}, []
+    with torch.no_grad():
+        for i in cases:
+            lab = store.labels[i].numpy()
+            masks[i] = {o: eroded(lab, table.id_of(o)) for o in ORGANS}
+            expect[i] = phantom_ct(manifest.parent, store.case_ids[i], findings[store.case_ids[i]], grid,
+                                   expectation=True)
+            latents[i] = vae.encode_latents(hu_to_model(store.hu[i].permute(2, 0, 1)[:, None].float()))
+            ks = np.flatnonzero(np.any([m.any(axis=(0, 1)) for m in masks[i].values()], axis=0))
+            items += [(i, int(k)) for k in ks]
+    log.info("%d cases, %d slices", len(cases), len(items))
+    results = []
+    for run in args.runs:
+        steps, level = (int(v) for v in run.split(","))
+        gen = sample_slices(module, vae, items, store, latents, steps, level)
+        bias = {}
+        for organ in ORGANS:
+            per_case = []
+            for i in cases:
+                sel = [(k, masks[i][organ][..., k]) for ii, k in items if ii == i]
+                n = sum(int(m.sum()) for _, m in sel)
+                if n >= 20:
+                    diff = sum(float((gen[(i, k)][m] - expect[i][..., k][m]).sum()) for k, m in sel)
+                    per_case.append(diff / n)
+            bias[organ] = round(float(np.mean(per_case)), 2) if per_case else None
+        log.info("steps %d level %d: %s", steps, level, bias)
+        results.append({"steps": steps, "level": level, "bias_hu": bias})
+    out = {"date": datetime.now(timezone.utc).isoformat(timespec="minutes"), "phase": args.phase,
+           "cases": [store.case_ids[i] for i in cases], "slices": len(items), "ldm": args.ldm, "runs": results}
+    path = ROOT / "bench" / "results" / f"organ_bias_aug_{args.phase}.json"
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    log.info("wrote %s", path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
