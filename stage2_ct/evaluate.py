@@ -217,8 +217,8 @@ def evaluate_ldm(module, vae, manifest: Path, store, findings: list[Findings], a
     gen_s = time.time() - t0
     hp = module.hparams
     res: dict[str, Any] = {"n_cases": len(gen), "steps": args.steps or hp.get("sample_steps", 20),
-                           "guidance": args.guidance,
-                           "aug_t": args.aug_t,
+                           "guidance": hp.get("guidance", 1.0) if args.guidance is None else args.guidance,
+                           "aug_t": hp.aug_t if args.aug_t is None else args.aug_t,
                            "noise_corr": hp.get("noise_corr", 0.0) if args.noise_corr is None
                            else args.noise_corr,
                            "seconds_per_volume": gen_s / len(gen)}
@@ -405,8 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-cases", type=int, default=16)
     p.add_argument("--n-phase", type=int, default=4)
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    p.add_argument("--guidance", type=float, default=1.0,
-                   help="CFG weight (1.0 chosen on val prompts: 1.5 overshoots the phase effect)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="CFG weight (default: the model's; 1.25 overshoots the phase effect)")
     p.add_argument("--aug-t", type=int, default=None,
                    help="previous-slice augmentation level at inference (default: the model's)")
     p.add_argument("--noise-corr", type=float, default=None,

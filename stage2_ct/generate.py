@@ -30,7 +30,7 @@ def generate_volume(
     summaries: Sequence[str],
     generator: torch.Generator | None = None,
     steps: int | None = None,
-    guidance: float = 1.0,
+    guidance: float | None = None,
     autocast: bool | None = None,
     aug_t: int | None = None,
     decode_batch: int = 64,
@@ -48,7 +48,8 @@ def generate_volume(
         generator: drives every random draw (initial noise, previous-slice augmentation).
         steps: sampling steps of the module's scheduler (DDIM by default); None = the module's
             `sample_steps` (20 where it has none).
-        guidance: classifier-free guidance weight on the text (1 = conditional only).
+        guidance: classifier-free guidance weight on the text (1 = conditional only); None = the
+            module's `guidance` (1 where it has none).
         autocast: bf16 autocast for the UNet and the VAE decoder body (its output conv runs in fp32);
             None = where bf16 is fast on the module's device (CUDA, CPUs with native bf16).
         aug_t: previous-slice augmentation level at inference (None = module's `aug_t`).
@@ -65,6 +66,7 @@ def generate_volume(
     hp = module.hparams
     noise_corr = float(hp.get("noise_corr", 0.0) if noise_corr is None else noise_corr)
     steps = int(hp.get("sample_steps", 20) if steps is None else steps)
+    guidance = float(hp.get("guidance", 1.0) if guidance is None else guidance)
     if not 0.0 <= noise_corr < 1.0:
         raise ValueError(f"noise_corr must be in [0, 1), got {noise_corr}")
     if masks.ndim != 4:

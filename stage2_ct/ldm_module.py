@@ -52,9 +52,9 @@ class SliceLDMModule(L.LightningModule):
         scheduler: GaussianScheduler init args.
         p_uncond: text dropout (null context) for classifier-free guidance.
         aug_max_t / aug_t: previous-latent augmentation level range in training / at inference.
-        noise_corr / sample_steps: inference only, `generate_volume`'s defaults for the
-            correlation of the initial noise between adjacent slices (AR(1) along z; 0 =
-            independent) and for the number of sampling steps.
+        noise_corr / sample_steps / guidance: inference only, `generate_volume`'s defaults for
+            the correlation of the initial noise between adjacent slices (AR(1) along z; 0 =
+            independent), the number of sampling steps and the classifier-free guidance weight.
         p_prev_drop: probability of training with a zero previous slice at any k.
         lr, text_lr, warmup_steps, decay_steps: AdamW and its warm-up + cosine schedule.
         export_path: where `on_train_end` writes the LDM artifact (None = not exported).
@@ -92,6 +92,7 @@ class SliceLDMModule(L.LightningModule):
         class_embed_dim: int = 0,
         noise_corr: float = 0.0,
         sample_steps: int = 20,
+        guidance: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -234,6 +235,7 @@ def export_ldm(module: SliceLDMModule, path: str | Path) -> Path:
         "num_classes": hp.num_classes, "latent_channels": hp.latent_channels,
         "scheduler": module.scheduler_args, "aug_t": hp.aug_t, "aug_max_t": hp.aug_max_t,
         "noise_corr": float(hp.get("noise_corr", 0.0)), "sample_steps": int(hp.get("sample_steps", 20)),
+        "guidance": float(hp.get("guidance", 1.0)),
         "pooled_text": bool(hp.pooled_text), "weights": "ema" if ema else "raw",
         "class_embed": None, "class_embed_dim": int(hp.class_embed_dim),
         "input_layout": "x_t | prev_aug | mask fractions" + (" | text-painted class map" if hp.class_embed_dim else "")
@@ -274,7 +276,7 @@ def load_slice_ldm(
         text_encoder={**text.init_args, "frozen": True}, scheduler=meta["scheduler"],
         aug_max_t=meta["aug_max_t"], aug_t=meta["aug_t"], pooled_text=meta.get("pooled_text", False),
         class_embed_dim=int(meta.get("class_embed_dim", 0)), noise_corr=float(meta.get("noise_corr", 0.0)),
-        sample_steps=int(meta.get("sample_steps", 20)),
+        sample_steps=int(meta.get("sample_steps", 20)), guidance=float(meta.get("guidance", 1.0)),
     )
     module.denoiser.unet.load_state_dict(unet.state_dict())
     if meta.get("class_embed"):

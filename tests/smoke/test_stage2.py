@@ -107,6 +107,7 @@ def test_ldm_fit_exports_artifacts(tiny_stage2: dict[str, Path]) -> None:
     assert ldm_meta["weights"] == "ema" and ldm_meta["pooled_text"] is True  # phantom.yaml's choices
     assert ldm_meta["class_embed"] == "ldm_classemb" and ldm_meta["class_embed_dim"] > 0
     assert ldm_meta["noise_corr"] == 0.15 and ldm_meta["sample_steps"] == 10  # phantom.yaml's inference defaults
+    assert ldm_meta["guidance"] == 1.05 and ldm_meta["aug_t"] == 10  # tiny.yaml overrides aug_t only
 
 
 def test_loaded_ldm_keeps_the_class_map_weights(tiny_stage2: dict[str, Path]) -> None:
@@ -274,3 +275,32 @@ def test_generate_volume_correlated_initial_noise(tiny_stage2: dict[str, Path]) 
         torch.testing.assert_close(a, b, atol=0, rtol=0)
     with pytest.raises(ValueError, match="noise_corr"):
         generate_volume(module, module.vae, masks, store.summaries[:1], steps=2, noise_corr=1.0)
+
+
+def test_generate_volume_guidance_default_is_the_modules(tiny_stage2: dict[str, Path]) -> None:
+    """guidance=None takes the module's `guidance` (artifact metadata): 1 runs the conditional
+    branch alone (batch B per forward), anything else both CFG branches (batch 2B)."""
+    from shared.io.artifact import read_component_spec
+    from stage2_ct.data import load_cases
+    from stage2_ct.generate import generate_volume
+    from stage2_ct.ldm_module import load_slice_ldm
+
+    module = load_slice_ldm(tiny_stage2["ldm"])
+    assert module.hparams.guidance == read_component_spec(tiny_stage2["ldm"])["metadata"]["guidance"]
+    store = load_cases(tiny_stage2["manifest"], "train", 2, default_labels(), (2, 2, 2))
+    masks = store.labels[:2, ..., :1]
+
+    def batch_sizes(guidance: float | None) -> set[int]:
+        seen: set[int] = set()
+        hook = module.denoiser.register_forward_pre_hook(lambda mod, args: seen.add(args[0].shape[0]))
+        generate_volume(module, module.vae, masks, store.summaries[:2], torch.Generator().manual_seed(0),
+                        steps=1, autocast=False, guidance=guidance)
+        hook.remove()
+        return seen
+
+    saved = module.hparams.guidance
+    module.hparams.guidance = 1.0
+    assert batch_sizes(None) == {2}
+    module.hparams.guidance = 1.5
+    assert batch_sizes(None) == {4} and batch_sizes(1.0) == {2}
+    module.hparams.guidance = saved
