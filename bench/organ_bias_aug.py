@@ -77,7 +77,8 @@ def main() -> int:
     from shared.data.transforms import hu_to_model
     from shared.labels import default_labels
     from stage2_ct.data import load_cases
-    from stage2_ct.evaluate import eroded, phantom_ct, phantom_grid
+    from stage2_ct.eval_metrics import eroded
+    from stage2_ct.evaluate import phantom_ct, phantom_grid
     from stage2_ct.ldm_module import load_slice_ldm
     from stage2_ct.vae_module import load_vae
 

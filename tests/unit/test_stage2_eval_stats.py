@@ -1,11 +1,11 @@
-"""stage2_ct.evaluate.volume_stats: continuity, adjacent-slice noise correlation, liver std."""
+"""stage2_ct.eval_metrics.volume_stats: continuity, adjacent-slice noise correlation, liver std."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from shared.labels import default_labels
-from stage2_ct.evaluate import level_jitter, volume_stats
+from stage2_ct.eval_metrics import level_jitter, volume_stats
 
 
 def _case(noise_z: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +71,8 @@ def test_text_floor_is_judged_against_the_expectation() -> None:
 def test_organ_floor_is_judged_against_the_expectation() -> None:
     """Group means: generated vs the phantom at its expected HU (the floor), vs the own draws and
     the oracle (expectation vs own draws) beside it; groups and organs kept apart."""
-    from stage2_ct.evaluate import _organ_floor, organ_hu_errors
+    from stage2_ct.eval_metrics import organ_hu_errors
+    from stage2_ct.evaluate import _organ_floor
 
     rows = [("liver", "portal_venous|normal", 108.0, 100.0, 107.5),   # (organ, group, gen, own draw, expectation)
             ("liver", "portal_venous|normal", 106.0, 112.0, 107.5),
@@ -99,7 +100,8 @@ def test_phantom_ct_reproduces_the_stored_case_and_its_expectation(tiny_phantom)
     away from edges)."""
     from shared.data.manifest import read_manifest
     from shared.io.nifti import read_nifti
-    from stage2_ct.evaluate import eroded, phantom_ct, phantom_grid
+    from stage2_ct.eval_metrics import eroded
+    from stage2_ct.evaluate import phantom_ct, phantom_grid
 
     root = tiny_phantom.parent
     entry = read_manifest(tiny_phantom)[0]  # absolute image / label paths
