@@ -3,14 +3,17 @@ with the real previous slice given (teacher forcing), so that the sampler's own 
 out of the picture and every slice is an independent sample.
 
     .venv/bin/python bench/organ_bias_aug.py [--phase portal_venous] [--cases 6] \
-        [--runs 10,100 10,200 50,100 10,-1] [--threads 2]
+        [--runs 10,100 10,200 50,100 10,-1 10,250,1.05] [--split test] [--out PATH] [--threads 2]
 
-For the first `--cases` test cases of the phase: every axial slice k that holds an eroded kidney,
+Picking the inference defaults of a new LDM (`aug_t`, `guidance`) without looking at the test
+cases: `--split val`, both phases, several `steps,level,guidance` runs.
+
+For the first `--cases` cases of the split and phase: every axial slice k that holds an eroded kidney,
 pancreas or spleen voxel is sampled from the posterior-mean latent of the real slice k-1 (zeros
 for k = 0), noised to the run's level (-1 = clean) as in `generate_volume`, with the case's mask
-and summary, guidance 1, the run's number of DDIM steps. Per organ: the mean over cases of
+and summary, the run's guidance (1 when not given) and number of DDIM steps. Per organ: the mean over cases of
 (generated - phantom expectation) on the eroded voxels (HU; `stage2_ct.evaluate` definitions).
-Writes bench/results/organ_bias_aug_<phase>.json.
+Writes bench/results/organ_bias_aug_<phase>.json (test split) or organ_bias_aug_<split>_<phase>.json.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ log = logging.getLogger("organ_bias_aug")
 
 
 @torch.no_grad()
-def sample_slices(module, vae, items, store, latents, steps: int, level: int, chunk: int = 48) -> dict:
+def sample_slices(module, vae, items, store, latents, steps: int, level: int, guidance: float = 1.0,
+                  chunk: int = 48) -> dict:
     """{(case index, k): (X, Y) HU} for every (case, k) in items, seeded 0."""
     from shared.diffusion import sample_loop
     from stage2_ct.conditioning import augment_prev, mask_to_latent_grid, trim_text_inputs
@@ -50,12 +54,15 @@ def sample_slices(module, vae, items, store, latents, steps: int, level: int, ch
                                   hp.num_classes)
         prev = torch.stack([latents[i][k - 1] if k > 0 else torch.zeros(c, h, w) for i, k in part])
         levels = torch.full((b,), level, dtype=torch.long)
-        text, = trim_text_inputs(module.encode_text([store.summaries[i] for i, _ in part]))
+        texts = [module.encode_text([store.summaries[i] for i, _ in part])]
+        if guidance != 1.0:
+            texts.append(module.null_text(b))
+        text, *null = trim_text_inputs(*texts)
         extra = {"prev": augment_prev(sch, prev, levels, g), "seg": seg, "level": levels,
                  "position": torch.tensor([[k / max(1, nz - 1)] for _, k in part])}
         x_t = sch.init_noise((b, c, h, w), generator=g, device=torch.device("cpu"))
-        z, _ = sample_loop(module.denoiser, sch, x_t, generator=g, guidance=1.0, cond={**text, **extra},
-                           uncond=None)
+        z, _ = sample_loop(module.denoiser, sch, x_t, generator=g, guidance=guidance, cond={**text, **extra},
+                           uncond={**null[0], **extra} if null else None)
         for key, hu in zip(part, vae.decode_hu(z)[:, 0].numpy(), strict=True):
             out[key] = hu
     return out
@@ -68,7 +75,10 @@ def main() -> int:
     p.add_argument("--ldm", default="weights/stage2_ldm_phantom")
     p.add_argument("--phase", default="portal_venous", choices=("portal_venous", "non_contrast"))
     p.add_argument("--cases", type=int, default=6)
-    p.add_argument("--runs", nargs="+", default=["10,100", "10,200"], help="steps,level pairs")
+    p.add_argument("--runs", nargs="+", default=["10,100", "10,200"],
+                   help="steps,level[,guidance] (level -1: the clean previous slice; guidance 1 if left out)")
+    p.add_argument("--split", default="test", help="manifest split of the cases (val: for tuning)")
+    p.add_argument("--out", default=None, help="results JSON (default: bench/results/organ_bias_aug_...json)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -83,8 +93,8 @@ def main() -> int:
     from stage2_ct.vae_module import load_vae
 
     manifest, table = Path(args.manifest), default_labels()
-    store = load_cases(manifest, "test", 16, table, (2, 2, 2))
-    findings = {e.case_id: e.findings for e in read_manifest(manifest, split="test")}
+    store = load_cases(manifest, args.split, 16, table, (2, 2, 2))
+    findings = {e.case_id: e.findings for e in read_manifest(manifest, split=args.split)}
     cases = [i for i, c in enumerate(store.case_ids) if findings[c].phase == args.phase][: args.cases]
     vae = load_vae(args.vae)
     module = load_slice_ldm(args.ldm, vae_path=args.vae).eval()
@@ -102,8 +112,9 @@ def main() -> int:
     log.info("%d cases, %d slices", len(cases), len(items))
     results = []
     for run in args.runs:
-        steps, level = (int(v) for v in run.split(","))
-        gen = sample_slices(module, vae, items, store, latents, steps, level)
+        steps, level, *rest = run.split(",")
+        steps, level, guidance = int(steps), int(level), float(rest[0]) if rest else 1.0
+        gen = sample_slices(module, vae, items, store, latents, steps, level, guidance)
         bias = {}
         for organ in ORGANS:
             per_case = []
@@ -114,11 +125,13 @@ def main() -> int:
                     diff = sum(float((gen[(i, k)][m] - expect[i][..., k][m]).sum()) for k, m in sel)
                     per_case.append(diff / n)
             bias[organ] = round(float(np.mean(per_case)), 2) if per_case else None
-        log.info("steps %d level %d: %s", steps, level, bias)
-        results.append({"steps": steps, "level": level, "bias_hu": bias})
-    out = {"date": datetime.now(timezone.utc).isoformat(timespec="minutes"), "phase": args.phase,
+        log.info("steps %d level %d guidance %g: %s", steps, level, guidance, bias)
+        results.append({"steps": steps, "level": level, "guidance": guidance, "bias_hu": bias})
+    out = {"date": datetime.now(timezone.utc).isoformat(timespec="minutes"), "split": args.split, "phase": args.phase,
            "cases": [store.case_ids[i] for i in cases], "slices": len(items), "ldm": args.ldm, "runs": results}
-    path = ROOT / "bench" / "results" / f"organ_bias_aug_{args.phase}.json"
+    name = f"organ_bias_aug_{args.phase}.json" if args.split == "test" else f"organ_bias_aug_{args.split}_{args.phase}.json"
+    path = Path(args.out) if args.out else ROOT / "bench" / "results" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
     log.info("wrote %s", path)
     return 0
