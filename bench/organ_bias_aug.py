@@ -81,6 +81,13 @@ def main() -> int:
     p.add_argument("--out", default=None, help="results JSON (default: bench/results/organ_bias_aug_...json)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
+    runs = []  # (steps, level, guidance), checked before any model is loaded
+    for run in args.runs:
+        try:
+            steps, level, *rest = run.split(",")
+            runs.append((int(steps), int(level), float(rest[0]) if rest else 1.0))
+        except ValueError:
+            p.error(f"--runs {run!r}: expected steps,level[,guidance], e.g. 10,250,1.05")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     from shared.data.manifest import read_manifest
@@ -111,9 +118,7 @@ def main() -> int:
             items += [(i, int(k)) for k in ks]
     log.info("%d cases, %d slices", len(cases), len(items))
     results = []
-    for run in args.runs:
-        steps, level, *rest = run.split(",")
-        steps, level, guidance = int(steps), int(level), float(rest[0]) if rest else 1.0
+    for steps, level, guidance in runs:
         gen = sample_slices(module, vae, items, store, latents, steps, level, guidance)
         bias = {}
         for organ in ORGANS:
