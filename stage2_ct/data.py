@@ -141,7 +141,8 @@ class LatentPairs(Dataset):
 
 @torch.no_grad()
 def encode_store(vae: torch.nn.Module, store: CaseStore, batch_size: int = 64) -> torch.Tensor:
-    """All slices -> scaled VAE latents (N, Z, C, h, w) stored as float16 (encoder in fp32)."""
+    """All slices -> scaled VAE latents (N, Z, C, h, w) stored as float16 on the CPU (encoder in fp32,
+    on the VAE's device)."""
     n, _, _, z = store.hu.shape
     slices = store.hu.permute(0, 3, 1, 2).reshape(n * z, 1, *store.hu.shape[1:3])  # (N Z, 1, H, W)
     out = []
@@ -222,7 +223,9 @@ class SliceDataModule(L.LightningDataModule):
         if cache is not None and cache.is_file():
             log.info("latents from %s", cache)
             return torch.load(cache, weights_only=True)
-        vae = load_component(self.hparams.vae_path).eval()
+        # on the trainer's accelerator (a GPU encodes the phantom's 16k slices in seconds)
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        vae = load_component(self.hparams.vae_path).eval().to(device)
         lat = encode_store(vae, store)
         log.info("encoded %s latents %s (std %.3f)", split, tuple(lat.shape), float(lat.float().std()))
         if cache is not None and (self.trainer is None or self.trainer.is_global_zero):
