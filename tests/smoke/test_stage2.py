@@ -125,6 +125,27 @@ def test_loaded_ldm_keeps_the_class_map_weights(tiny_stage2: dict[str, Path]) ->
 
 
 
+def test_init_from_starts_a_fit_from_an_artifact(tiny_stage2: dict[str, Path]) -> None:
+    """model.init_from: the artifact's UNet, class map and text encoder (and the EMA copies) start
+    the fit; an artifact of another architecture is refused with a message naming init_from."""
+    from stage2_ct.ldm_module import SliceLDMModule, load_slice_ldm
+
+    ref = load_slice_ldm(tiny_stage2["ldm"])
+    args = {**ref.hparams, "vae_path": None, "ema_decay": 0.999, "init_from": str(tiny_stage2["ldm"])}
+    fresh = SliceLDMModule(**{**args, "init_from": None})
+    module = SliceLDMModule(**args)
+    module.setup("fit")
+    for part in ("denoiser", "text"):
+        want = getattr(ref, part).state_dict()
+        differs = [k for k, v in getattr(fresh, part).state_dict().items() if not torch.equal(v, want[k])]
+        assert differs, part  # a fresh init differs, so the equalities below are the load's doing
+        for got in (getattr(module, part).state_dict(), module.ema[part].state_dict()):
+            assert all(torch.equal(got[k], v) for k, v in want.items()), part
+    wider = {**args["unet_overrides"], "channels": [c * 2 for c in args["unet_overrides"]["channels"]]}
+    with pytest.raises(ValueError, match="init_from"):
+        SliceLDMModule(**{**args, "unet_overrides": wider}).setup("fit")
+
+
 def test_channels_last_denoiser_matches_contiguous(tiny_stage2: dict[str, Path]) -> None:
     """load_slice_ldm puts the denoiser (and load_vae the VAE) in channels-last format (faster on
     CPU); their outputs equal those of contiguous copies of the same weights."""
