@@ -110,11 +110,11 @@ def evaluate(artifact: str | Path, manifest: str | Path, split: str = "test",
              mask_artifact: str | Path | None = None, grid: Sequence[int] | None = None,
              batch_size: int = 16) -> dict[str, Any]:
     """Load both encoders, embed the split's low-res masks, run the zero-shot probes."""
-    from shared.io.artifact import load_component
+    from shared.io.artifact import artifact_stem, load_component
     from shared.labels import default_labels
     from stage1_mask.data import load_cases
 
-    stem = Path(artifact).with_suffix("") if Path(artifact).suffix in (".yaml", ".safetensors") else Path(artifact)
+    stem = artifact_stem(artifact)
     text_encoder = load_component(stem).eval()
     mask_encoder = load_component(mask_artifact or stem.with_name(stem.name + "_mask")).eval()
     grid = list(grid or mask_encoder.artifact_metadata.get("grid") or (64, 64, 40))

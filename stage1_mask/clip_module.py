@@ -27,7 +27,7 @@ from open_clip.loss import ClipLoss
 from torch import nn
 
 from shared.findings import Findings
-from shared.io.artifact import save_component
+from shared.io.artifact import artifact_stem, save_component
 from shared.text.encoder import TextEncoder
 from stage1_mask.clip_eval import PROBES, zero_shot
 
@@ -246,7 +246,7 @@ class ClipModule(L.LightningModule):
 
 def export_clip(module: ClipModule, path: str | Path) -> tuple[Path, Path]:
     """Write the frozen text encoder (`path.*`) and the mask encoder (`path_mask.*`); return both stems."""
-    stem = Path(path).with_suffix("") if Path(path).suffix in (".yaml", ".safetensors") else Path(path)
+    stem = artifact_stem(path)
     mask_stem = stem.with_name(stem.name + "_mask")
     stem.parent.mkdir(parents=True, exist_ok=True)
     hp = module.hparams

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from shared.diffusion import GaussianScheduler
-from shared.io.artifact import save_component
+from shared.io.artifact import artifact_stem, save_component
 from shared.nets import build_unet
 from shared.nets.ema import ema_decay, ema_update
 from shared.text.encoder import TextEncoder
@@ -236,7 +236,7 @@ class SliceLDMModule(L.LightningModule):
 def export_ldm(module: SliceLDMModule, path: str | Path) -> Path:
     """Write `path` (UNet + LDM metadata), `path`_text (the text encoder) and, where the module has
     one, `path`_classemb (the text-painted class map) as components."""
-    stem = _artifact_stem(path)
+    stem = artifact_stem(path)
     text_stem = stem.with_name(stem.name + "_text")
     ema = module.ema is not None
     text, denoiser = (module.ema["text"], module.ema["denoiser"]) if ema else (module.text, module.denoiser)
@@ -270,17 +270,13 @@ def export_ldm(module: SliceLDMModule, path: str | Path) -> Path:
     return stem
 
 
-def _artifact_stem(path: str | Path) -> Path:
-    return Path(path).with_suffix("") if Path(path).suffix in (".yaml", ".safetensors") else Path(path)
-
-
 def load_ldm_weights(denoiser: SliceDenoiser, text: TextEncoder, path: str | Path,
                      map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load an LDM artifact's UNet, class map (if any) and text encoder weights into `denoiser` and
     `text` (strict: the architectures must match); returns the artifact's metadata."""
     from shared.io.artifact import load_component, read_component_spec
 
-    stem = _artifact_stem(path)
+    stem = artifact_stem(path)
     meta = read_component_spec(stem)["metadata"]
     denoiser.unet.load_state_dict(load_component(stem, map_location=map_location).state_dict())
     if meta.get("class_embed"):
@@ -300,7 +296,7 @@ def load_slice_ldm(
     default: the one named in the metadata, next to the LDM artifact)."""
     from shared.io.artifact import read_component_spec
 
-    stem = _artifact_stem(path)
+    stem = artifact_stem(path)
     spec = read_component_spec(stem)
     meta = spec["metadata"]
     text = read_component_spec(stem.with_name(meta["text_encoder"]))

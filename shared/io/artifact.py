@@ -24,7 +24,8 @@ class ArtifactError(ValueError):
     """A component artifact that is missing, malformed or names a forbidden class."""
 
 
-def _stem(path: str | Path) -> Path:
+def artifact_stem(path: str | Path) -> Path:
+    """A component's path without its .yaml / .safetensors suffix (either file, or the stem itself)."""
     path = Path(path)
     return path.with_suffix("") if path.suffix in (".yaml", ".safetensors") else path
 
@@ -39,7 +40,7 @@ def save_component(
 
     Returns the stem path. Shared tensors (tied weights) are cloned so safetensors accepts them.
     """
-    stem = _stem(path)
+    stem = artifact_stem(path)
     cls = type(module)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
     spec = {
@@ -55,7 +56,7 @@ def save_component(
 
 
 def read_component_spec(path: str | Path) -> dict[str, Any]:
-    stem = _stem(path)
+    stem = artifact_stem(path)
     spec_path = stem.with_suffix(".yaml")
     if not spec_path.is_file():
         raise ArtifactError(f"{spec_path}: component spec not found")
@@ -90,7 +91,7 @@ def load_component(
 
     The rebuilt module gets an `artifact_metadata` attribute with the yaml's metadata.
     """
-    stem = _stem(path)
+    stem = artifact_stem(path)
     spec = read_component_spec(stem)
     cls = _import_class(spec["class_path"], allowed_prefixes, str(stem.with_suffix(".yaml")))
     module = cls(**spec["init_args"])
