@@ -146,6 +146,26 @@ def test_init_from_starts_a_fit_from_an_artifact(tiny_stage2: dict[str, Path]) -
         SliceLDMModule(**{**args, "unet_overrides": wider}).setup("fit")
 
 
+def test_decoder_only_fine_tuning_keeps_the_latents(tiny_stage2: dict[str, Path], tmp_path: Path) -> None:
+    """freeze_encoder + init_from (configs/vae/phantom_decoder_ft.yaml): the CLI fit changes the
+    decoder only; encoder and latent scale stay bit-identical, so an LDM trained on the artifact's
+    latents stays valid with the new decoder."""
+    from shared.io.artifact import load_component
+    from stage2_ct import cli
+
+    out = tmp_path / "vae_ft"
+    cli.main(args=[
+        "fit", "-c", str(CONFIGS / "vae" / "phantom.yaml"), "-c", str(CONFIGS / "vae" / "tiny.yaml"),
+        f"--data.manifest={tiny_stage2['manifest']}", f"--trainer.default_root_dir={tmp_path}",
+        f"--model.init_args.init_from={tiny_stage2['vae']}", "--model.init_args.freeze_encoder=true",
+        "--model.init_args.lr=1e-2", f"--model.init_args.export_path={out}",
+    ])
+    before, after = load_component(tiny_stage2["vae"]).state_dict(), load_component(out).state_dict()
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("decoder.") for k in changed), sorted(changed)[:5]
+    assert float(after["latent_scale"]) == float(before["latent_scale"])
+
 def test_channels_last_denoiser_matches_contiguous(tiny_stage2: dict[str, Path]) -> None:
     """load_slice_ldm puts the denoiser (and load_vae the VAE) in channels-last format (faster on
     CPU); their outputs equal those of contiguous copies of the same weights."""
