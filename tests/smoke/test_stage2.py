@@ -166,6 +166,7 @@ def test_decoder_only_fine_tuning_keeps_the_latents(tiny_stage2: dict[str, Path]
     assert changed and all(k.startswith("decoder.") for k in changed), sorted(changed)[:5]
     assert float(after["latent_scale"]) == float(before["latent_scale"])
 
+
 def test_channels_last_denoiser_matches_contiguous(tiny_stage2: dict[str, Path]) -> None:
     """load_slice_ldm puts the denoiser (and load_vae the VAE) in channels-last format (faster on
     CPU); their outputs equal those of contiguous copies of the same weights."""
