@@ -74,7 +74,11 @@ class VAEModule(L.LightningModule):
         if stage == "fit" and self.hparams.init_from:
             from shared.io.artifact import load_component
 
-            self.vae.load_state_dict(load_component(self.hparams.init_from).state_dict())
+            try:
+                self.vae.load_state_dict(load_component(self.hparams.init_from).state_dict())
+            except RuntimeError as err:  # another architecture: size mismatches / missing keys
+                raise ValueError(f"model.init_from {self.hparams.init_from}: does not fit this VAE "
+                                 f"(model.vae: latent_channels, channels, num_res_blocks): {err}") from err
             log.info("VAE initialised from %s", self.hparams.init_from)
 
     # ------------------------------------------------------------------ loss

@@ -149,9 +149,11 @@ def test_init_from_starts_a_fit_from_an_artifact(tiny_stage2: dict[str, Path]) -
 def test_decoder_only_fine_tuning_keeps_the_latents(tiny_stage2: dict[str, Path], tmp_path: Path) -> None:
     """freeze_encoder + init_from (configs/vae/phantom_decoder_ft.yaml): the CLI fit changes the
     decoder only; encoder and latent scale stay bit-identical, so an LDM trained on the artifact's
-    latents stays valid with the new decoder."""
+    latents stays valid with the new decoder. An artifact of another architecture is refused with a
+    message naming model.init_from."""
     from shared.io.artifact import load_component
     from stage2_ct import cli
+    from stage2_ct.vae_module import VAEModule
 
     out = tmp_path / "vae_ft"
     cli.main(args=[
@@ -165,6 +167,10 @@ def test_decoder_only_fine_tuning_keeps_the_latents(tiny_stage2: dict[str, Path]
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("decoder.") for k in changed), sorted(changed)[:5]
     assert float(after["latent_scale"]) == float(before["latent_scale"])
+
+    with pytest.raises(ValueError, match="model.init_from"):  # another architecture is refused by name
+        VAEModule(vae={"latent_channels": 4, "channels": [8, 16, 32], "num_res_blocks": [0, 1, 1]},
+                  init_from=str(out), freeze_encoder=True).setup("fit")
 
 
 def test_channels_last_denoiser_matches_contiguous(tiny_stage2: dict[str, Path]) -> None:
