@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keys", nargs="*", default=None)
     p.add_argument("--step-offsets", type=int, nargs="*", default=None, help="one per metrics file")
     a = p.parse_args(argv)
-    print(plot_curves(list(a.metrics), a.out, a.keys, a.step_offsets))
+    print(plot_curves(a.metrics, a.out, a.keys, a.step_offsets))
     return 0
 
 
