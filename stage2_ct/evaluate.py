@@ -315,13 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     entries = {e.case_id: e for e in read_manifest(manifest, split=args.split)}
     findings = [entries[c].findings for c in store.case_ids]
     vae = load_vae(args.vae).to(args.device)
-    vae_res, recon = evaluate_vae(vae, store.hu)
-    result: dict[str, Any] = {"manifest": str(manifest), "split": args.split, "vae": vae_res}
-    ldm_res = None
-    if args.ldm:
+    module = None
+    if args.ldm:  # loaded before the VAE evaluation: a broken artifact fails before minutes of work
         from stage2_ct.ldm_module import load_slice_ldm
 
         module = load_slice_ldm(args.ldm, vae_path=args.vae).to(args.device)
+    vae_res, recon = evaluate_vae(vae, store.hu)
+    result: dict[str, Any] = {"manifest": str(manifest), "split": args.split, "vae": vae_res}
+    ldm_res = None
+    if module is not None:
         ldm_res = evaluate_ldm(module, vae, manifest, store, findings, args, recon)
         gen = ldm_res.pop("_volumes")
         for i in range(min(2, len(gen))):

@@ -173,6 +173,31 @@ def test_decoder_only_fine_tuning_keeps_the_latents(tiny_stage2: dict[str, Path]
                   init_from=str(out), freeze_encoder=True).setup("fit")
 
 
+def test_evaluate_refuses_a_broken_ldm_before_any_work(tiny_stage2: dict[str, Path], tmp_path: Path,
+                                                       monkeypatch) -> None:
+    """stage2_ct.evaluate loads the LDM before the VAE evaluation: an artifact whose text encoder
+    is missing fails at once with the missing file's name, and no result is written."""
+    import shutil
+
+    from shared.io.artifact import ArtifactError
+    from stage2_ct import evaluate
+
+    broken = tmp_path / "ldm"
+    for f in tiny_stage2["ldm"].parent.glob("ldm*"):
+        if not f.name.startswith("ldm_text"):
+            shutil.copy(f, broken.parent / f.name)
+
+    def reached(*_a, **_k):
+        raise AssertionError("the VAE evaluation ran before the LDM was loaded")
+
+    monkeypatch.setattr(evaluate, "evaluate_vae", reached)
+    out = tmp_path / "eval"
+    with pytest.raises(ArtifactError, match="ldm_text"):
+        evaluate.main(["--manifest", str(tiny_stage2["manifest"]), "--vae", str(tiny_stage2["vae"]),
+                       "--ldm", str(broken), "--out", str(out), "--split", "train", "--n-cases", "1"])
+    assert not (out / "stage2_eval.json").exists()
+
+
 def test_channels_last_denoiser_matches_contiguous(tiny_stage2: dict[str, Path]) -> None:
     """load_slice_ldm puts the denoiser (and load_vae the VAE) in channels-last format (faster on
     CPU); their outputs equal those of contiguous copies of the same weights."""
