@@ -33,7 +33,8 @@ class VAEModule(L.LightningModule):
     """Args: vae (SliceAutoencoder init args), loss weights (mse_weight: an extra MSE term that
     pulls the rare large errors, e.g. bone), optimiser settings, export_path (component artifact
     written at the end of fit, None = none), scale_slices (how many training slices estimate the
-    latent scale factor), init_from (a VAE artifact loaded in `setup`), freeze_encoder (fine-tune
+    latent scale factor), init_from (a VAE artifact loaded in `setup`; the export records it and its
+    trained_steps as init_from / init_trained_steps), freeze_encoder (fine-tune
     the decoder only: latents, and so the latent scale factor and an LDM trained on them, stay
     valid)."""
 
@@ -74,8 +75,10 @@ class VAEModule(L.LightningModule):
         if stage == "fit" and self.hparams.init_from:
             from shared.io.artifact import load_component
 
+            init = load_component(self.hparams.init_from)
+            self.init_trained_steps = init.artifact_metadata.get("trained_steps")  # recorded on export
             try:
-                self.vae.load_state_dict(load_component(self.hparams.init_from).state_dict())
+                self.vae.load_state_dict(init.state_dict())
             except RuntimeError as err:  # another architecture: size mismatches / missing keys
                 raise ValueError(f"model.init_from {self.hparams.init_from}: does not fit this VAE "
                                  f"(model.vae: latent_channels, channels, num_res_blocks): {err}") from err
@@ -164,7 +167,8 @@ class VAEModule(L.LightningModule):
         log.info("latent scale factor %.5f (rank %d)", scale, self.global_rank)
         if self.hparams.export_path and self.trainer.is_global_zero:
             export_vae(self.vae, self.vae_args, self.hparams.export_path,
-                       extra={"trained_steps": int(self.global_step)})
+                       extra={"trained_steps": int(self.global_step), "init_from": self.hparams.init_from,
+                              "init_trained_steps": getattr(self, "init_trained_steps", None)})
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams

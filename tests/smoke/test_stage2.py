@@ -167,6 +167,9 @@ def test_decoder_only_fine_tuning_keeps_the_latents(tiny_stage2: dict[str, Path]
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("decoder.") for k in changed), sorted(changed)[:5]
     assert float(after["latent_scale"]) == float(before["latent_scale"])
+    meta = load_component(out).artifact_metadata  # the lineage, as the LDM artifact records it
+    assert meta["init_from"] == str(tiny_stage2["vae"])
+    assert meta["init_trained_steps"] == load_component(tiny_stage2["vae"]).artifact_metadata["trained_steps"]
 
     with pytest.raises(ValueError, match="model.init_from"):  # another architecture is refused by name
         VAEModule(vae={"latent_channels": 4, "channels": [8, 16, 32], "num_res_blocks": [0, 1, 1]},
