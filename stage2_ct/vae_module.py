@@ -160,6 +160,14 @@ class VAEModule(L.LightningModule):
         scale = self.trainer.strategy.broadcast(scale, src=0)
         return float(scale)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["init_trained_steps"] = getattr(self, "init_trained_steps", None)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a resumed run keeps the lineage of its start: init_from may since hold this run's own export
+        if "init_trained_steps" in checkpoint:
+            self.init_trained_steps = checkpoint["init_trained_steps"]
+
     def on_train_end(self) -> None:
         # a frozen encoder keeps its latents, so the scale factor it was given stays
         scale = float(self.vae.latent_scale) if self.hparams.freeze_encoder else self.compute_latent_scale()

@@ -171,9 +171,16 @@ def test_decoder_only_fine_tuning_keeps_the_latents(tiny_stage2: dict[str, Path]
     assert meta["init_from"] == str(tiny_stage2["vae"])
     assert meta["init_trained_steps"] == load_component(tiny_stage2["vae"]).artifact_metadata["trained_steps"]
 
+    small = {"latent_channels": 4, "channels": [8, 16, 32], "num_res_blocks": [0, 1, 1]}
+    started, resumed, ckpt = VAEModule(vae=small), VAEModule(vae=small), {}
+    started.init_trained_steps = meta["init_trained_steps"]
+    started.on_save_checkpoint(ckpt)
+    resumed.init_trained_steps = 99_999  # what setup reads when init_from now holds a later export
+    resumed.on_load_checkpoint(ckpt)  # a resume keeps the lineage of the run's start
+    assert resumed.init_trained_steps == meta["init_trained_steps"]
+
     with pytest.raises(ValueError, match="model.init_from"):  # another architecture is refused by name
-        VAEModule(vae={"latent_channels": 4, "channels": [8, 16, 32], "num_res_blocks": [0, 1, 1]},
-                  init_from=str(out), freeze_encoder=True).setup("fit")
+        VAEModule(vae=small, init_from=str(out), freeze_encoder=True).setup("fit")
 
 
 def test_evaluate_refuses_a_broken_ldm_before_any_work(tiny_stage2: dict[str, Path], tmp_path: Path,
