@@ -3,7 +3,7 @@ with the real previous slice given (teacher forcing), so that the sampler's own 
 out of the picture and every slice is an independent sample.
 
     .venv/bin/python bench/organ_bias_aug.py [--phase portal_venous] [--cases 6] \
-        [--runs 10,100 10,200 50,100 10,-1 10,250,1.05] [--split test] [--out PATH] [--threads 2]
+        [--runs 10,100 10,200 50,100 10,-1 10,250,1.05] [--split test] [--autoregressive] [--out PATH] [--threads 2]
 
 Picking the inference defaults of a new LDM (`aug_t`, `guidance`) without looking at the test
 cases: `--split val`, both phases, several `steps,level,guidance` runs.
@@ -12,7 +12,10 @@ For the first `--cases` cases of the split and phase: every axial slice k that h
 pancreas or spleen voxel is sampled from the posterior-mean latent of the real slice k-1 (zeros
 for k = 0), noised to the run's level (-1 = clean) as in `generate_volume`, with the case's mask
 and summary, the run's guidance (1 when not given) and number of DDIM steps. Per organ: the mean over cases of
-(generated - phantom expectation) on the eroded voxels (HU; `stage2_ct.evaluate` definitions).
+(generated - phantom expectation) on the eroded voxels (HU; `stage2_ct.evaluate` definitions),
+and the SD of the per-case means. `--autoregressive` adds the same cases generated as the pipeline
+does (`generate_volume`, the module's defaults, seed 0): the difference to a teacher-forced run at
+those settings is what sampling along z adds.
 Writes bench/results/organ_bias_aug_<phase>.json (test split) or organ_bias_aug_<split>_<phase>.json.
 """
 
@@ -80,6 +83,8 @@ def main() -> int:
     p.add_argument("--split", default="test", help="manifest split of the cases (val: for tuning)")
     p.add_argument("--out", default=None, help="results JSON (default: bench/results/organ_bias_aug_...json)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--autoregressive", action="store_true",
+                   help="also generate the cases' whole volumes (generate_volume at the module's defaults, seed 0)")
     args = p.parse_args()
     runs = []  # (steps, level, guidance), checked before any model is loaded
     for run in args.runs:
@@ -117,9 +122,9 @@ def main() -> int:
             ks = np.flatnonzero(np.any([m.any(axis=(0, 1)) for m in masks[i].values()], axis=0))
             items += [(i, int(k)) for k in ks]
     log.info("%d cases, %d slices", len(cases), len(items))
-    results = []
-    for steps, level, guidance in runs:
-        gen = sample_slices(module, vae, items, store, latents, steps, level, guidance)
+    def bias_of(gen: dict) -> dict:
+        """Per organ: mean over cases of (generated - expectation) on the eroded voxels, and the SD
+        of the per-case means (HU)."""
         bias = {}
         for organ in ORGANS:
             per_case = []
@@ -129,9 +134,28 @@ def main() -> int:
                 if n >= 20:
                     diff = sum(float((gen[(i, k)][m] - expect[i][..., k][m]).sum()) for k, m in sel)
                     per_case.append(diff / n)
-            bias[organ] = round(float(np.mean(per_case)), 2) if per_case else None
+            bias[organ] = ({"bias_hu": round(float(np.mean(per_case)), 2), "case_sd_hu": round(float(np.std(per_case)), 2)}
+                           if per_case else None)
+        return bias
+
+    results = []
+    for steps, level, guidance in runs:
+        bias = bias_of(sample_slices(module, vae, items, store, latents, steps, level, guidance))
         log.info("steps %d level %d guidance %g: %s", steps, level, guidance, bias)
         results.append({"steps": steps, "level": level, "guidance": guidance, "bias_hu": bias})
+    if args.autoregressive:  # the same cases generated slice after slice, as the pipeline does
+        from stage2_ct.generate import generate_volume
+
+        with torch.no_grad():
+            vols = generate_volume(module, vae, store.labels[cases], [store.summaries[i] for i in cases],
+                                   generator=torch.Generator().manual_seed(0)).numpy()
+        slices = {(i, k): vols[cases.index(i)][..., k] for i, k in items}
+        bias = bias_of(slices)
+        hp = module.hparams
+        log.info("autoregressive, the module's defaults: %s", bias)
+        results.append({"autoregressive": True, "steps": int(hp.get("sample_steps", 20)), "level": int(hp.aug_t),
+                        "guidance": float(hp.get("guidance", 1.0)), "noise_corr": float(hp.get("noise_corr", 0.0)),
+                        "bias_hu": bias})
     out = {"date": datetime.now(timezone.utc).isoformat(timespec="minutes"), "split": args.split, "phase": args.phase,
            "cases": [store.case_ids[i] for i in cases], "slices": len(items), "ldm": args.ldm, "runs": results}
     name = f"organ_bias_aug_{args.phase}.json" if args.split == "test" else f"organ_bias_aug_{args.split}_{args.phase}.json"
