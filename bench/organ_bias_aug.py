@@ -144,18 +144,17 @@ def main() -> int:
         log.info("steps %d level %d guidance %g: %s", steps, level, guidance, bias)
         results.append({"steps": steps, "level": level, "guidance": guidance, "bias_hu": bias})
     if args.autoregressive:  # the same cases generated slice after slice, as the pipeline does
-        from stage2_ct.generate import generate_volume
+        from stage2_ct.generate import generate_volume, sampling_settings
 
         with torch.no_grad():
             vols = generate_volume(module, vae, store.labels[cases], [store.summaries[i] for i in cases],
                                    generator=torch.Generator().manual_seed(0)).numpy()
-        slices = {(i, k): vols[cases.index(i)][..., k] for i, k in items}
-        bias = bias_of(slices)
-        hp = module.hparams
+        row = {i: j for j, i in enumerate(cases)}
+        bias = bias_of({(i, k): vols[row[i]][..., k] for i, k in items})
+        settings = sampling_settings(module.hparams)
+        level = settings.pop("aug_t")
         log.info("autoregressive, the module's defaults: %s", bias)
-        results.append({"autoregressive": True, "steps": int(hp.get("sample_steps", 20)), "level": int(hp.aug_t),
-                        "guidance": float(hp.get("guidance", 1.0)), "noise_corr": float(hp.get("noise_corr", 0.0)),
-                        "bias_hu": bias})
+        results.append({"autoregressive": True, **settings, "level": level, "bias_hu": bias})
     out = {"date": datetime.now(timezone.utc).isoformat(timespec="minutes"), "split": args.split, "phase": args.phase,
            "cases": [store.case_ids[i] for i in cases], "slices": len(items), "ldm": args.ldm, "runs": results}
     name = f"organ_bias_aug_{args.phase}.json" if args.split == "test" else f"organ_bias_aug_{args.split}_{args.phase}.json"

@@ -53,7 +53,7 @@ from stage2_ct.eval_metrics import (
     volume_stats,
     z_gradient,
 )
-from stage2_ct.generate import generate_volume
+from stage2_ct.generate import generate_volume, sampling_settings
 from stage2_ct.vae_module import load_vae
 
 log = logging.getLogger(__name__)
@@ -102,12 +102,8 @@ def evaluate_ldm(module, vae, manifest: Path, store, findings: list[Findings], a
     t0 = time.time()
     gen = run_generation(module, vae, store.labels, store.summaries, args.seed, args)
     gen_s = time.time() - t0
-    hp = module.hparams
-    res: dict[str, Any] = {"n_cases": len(gen), "steps": args.steps or hp.get("sample_steps", 20),
-                           "guidance": hp.get("guidance", 1.0) if args.guidance is None else args.guidance,
-                           "aug_t": hp.aug_t if args.aug_t is None else args.aug_t,
-                           "noise_corr": hp.get("noise_corr", 0.0) if args.noise_corr is None
-                           else args.noise_corr,
+    res: dict[str, Any] = {"n_cases": len(gen),
+                           **sampling_settings(module.hparams, args.steps, args.guidance, args.aug_t, args.noise_corr),
                            "seconds_per_volume": gen_s / len(gen)}
     # organ HU grouped by (phase, fatty), against the phantom's expectation and the own draws
     grid = phantom_grid(manifest.parent)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -23,6 +24,16 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
+def sampling_settings(hp: Any, steps: int | None = None, guidance: float | None = None,
+                      aug_t: int | None = None, noise_corr: float | None = None) -> dict[str, Any]:
+    """The settings a sampling call uses: each value given, else the module's (`hparams`
+    sample_steps / guidance / aug_t / noise_corr), else 20 steps, guidance 1, independent noise."""
+    return {"steps": int(hp.get("sample_steps", 20) if steps is None else steps),
+            "guidance": float(hp.get("guidance", 1.0) if guidance is None else guidance),
+            "aug_t": int(hp.aug_t if aug_t is None else aug_t),
+            "noise_corr": float(hp.get("noise_corr", 0.0) if noise_corr is None else noise_corr)}
+
+
 def generate_volume(
     module: torch.nn.Module,
     vae: torch.nn.Module,
@@ -64,9 +75,8 @@ def generate_volume(
         (B, X, Y, Z) float32 HU in [-1000, 1000] on the masks' device.
     """
     hp = module.hparams
-    noise_corr = float(hp.get("noise_corr", 0.0) if noise_corr is None else noise_corr)
-    steps = int(hp.get("sample_steps", 20) if steps is None else steps)
-    guidance = float(hp.get("guidance", 1.0) if guidance is None else guidance)
+    settings = sampling_settings(hp, steps, guidance, aug_t, noise_corr)
+    steps, guidance, noise_corr = settings["steps"], settings["guidance"], settings["noise_corr"]
     if not 0.0 <= noise_corr < 1.0:
         raise ValueError(f"noise_corr must be in [0, 1), got {noise_corr}")
     if masks.ndim != 4:
@@ -82,7 +92,7 @@ def generate_volume(
         raise ValueError(f"slice size {(nx, ny)} is not a multiple of the VAE factor {f}")
     hw = (nx // f, ny // f)
     c = hp.latent_channels
-    level = int(hp.aug_t if aug_t is None else aug_t)
+    level = settings["aug_t"]
     scheduler = module.scheduler
     scheduler.set_timesteps(steps)
 

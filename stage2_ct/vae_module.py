@@ -68,6 +68,7 @@ class VAEModule(L.LightningModule):
             self.disc = PatchDiscriminator(spatial_dims=2, num_layers_d=3, channels=32,
                                            in_channels=1, out_channels=1)
         self._val: dict[str, torch.Tensor] = {}
+        self.init_trained_steps: int | None = None  # trained_steps of init_from, recorded on export
         if freeze_encoder:
             self.vae.encoder.requires_grad_(False)
 
@@ -76,7 +77,7 @@ class VAEModule(L.LightningModule):
             from shared.io.artifact import load_component
 
             init = load_component(self.hparams.init_from)
-            self.init_trained_steps = init.artifact_metadata.get("trained_steps")  # recorded on export
+            self.init_trained_steps = init.artifact_metadata.get("trained_steps")
             try:
                 self.vae.load_state_dict(init.state_dict())
             except RuntimeError as err:  # another architecture: size mismatches / missing keys
@@ -161,7 +162,7 @@ class VAEModule(L.LightningModule):
         return float(scale)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["init_trained_steps"] = getattr(self, "init_trained_steps", None)
+        checkpoint["init_trained_steps"] = self.init_trained_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a resumed run keeps the lineage of its start: init_from may since hold this run's own export
@@ -176,7 +177,7 @@ class VAEModule(L.LightningModule):
         if self.hparams.export_path and self.trainer.is_global_zero:
             export_vae(self.vae, self.vae_args, self.hparams.export_path,
                        extra={"trained_steps": int(self.global_step), "init_from": self.hparams.init_from,
-                              "init_trained_steps": getattr(self, "init_trained_steps", None)})
+                              "init_trained_steps": self.init_trained_steps})
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
