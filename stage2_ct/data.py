@@ -32,6 +32,7 @@ from shared.data.transforms import hu_to_model
 from shared.io.atomic import atomic_path
 from shared.io.nifti import read_nifti, reorient_to_ras
 from shared.labels import LabelTable, load_label_table
+from stage2_ct.levels import LevelBank, organ_levels
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,12 @@ class ImageSlices(Dataset):
 
 
 class LatentPairs(Dataset):
-    """(case, k) -> latent k, latent k-1 (zeros and has_prev = 0 for k = 0), labels k, position."""
+    """(case, k) -> latent k, latent k-1 (zeros for k = 0), labels k, position, summary and the
+    case's standardised class levels (K,) (stage2_ct.levels; left out where `levels` is None)."""
 
-    def __init__(self, latents: torch.Tensor, store: CaseStore) -> None:
+    def __init__(self, latents: torch.Tensor, store: CaseStore, levels: torch.Tensor | None = None) -> None:
         self.latents, self.store = latents, store  # latents (N, Z, C, h, w)
+        self.levels = levels  # (N, K) or None
         n, z = latents.shape[:2]
         self.index = [(i, k) for i in range(n) for k in range(z)]
 
@@ -131,12 +134,15 @@ class LatentPairs(Dataset):
         z_count = self.latents.shape[1]
         latent = self.latents[i, k].float()
         prev = self.latents[i, k - 1].float() if k > 0 else torch.zeros_like(latent)
-        return {
+        item = {
             "latent": latent, "prev": prev,
             "labels": self.store.labels[i, :, :, k].long(),  # (H, W)
             "position": torch.tensor([k / max(1, z_count - 1)], dtype=torch.float32),
             "text": self.store.summaries[i],
         }
+        if self.levels is not None:
+            item["levels"] = self.levels[i]
+        return item
 
 
 @torch.no_grad()
@@ -193,6 +199,8 @@ class SliceDataModule(L.LightningDataModule):
         self.val_store: CaseStore | None = None
         self.train_latents: torch.Tensor | None = None
         self.val_latents: torch.Tensor | None = None
+        self.level_bank: LevelBank | None = None  # "pairs": per-volume class levels (stage2_ct.levels)
+        self.levels: dict[str, torch.Tensor] = {}
 
     @property
     def num_classes(self) -> int:
@@ -209,6 +217,12 @@ class SliceDataModule(L.LightningDataModule):
                 raise ValueError("SliceDataModule(mode='pairs') needs vae_path (a VAE artifact)")
             self.train_latents = self._latents(self.train_store, "train")
             self.val_latents = self._latents(self.val_store, "val")
+            k = self.num_classes
+            raw = {"train": organ_levels(self.train_store.hu, self.train_store.labels, k),
+                   "val": organ_levels(self.val_store.hu, self.val_store.labels, k)}
+            self.level_bank = LevelBank.fit(raw["train"], self.train_store.summaries)
+            self.levels = {"train": self.level_bank.standardize(raw["train"], self.train_store.summaries),
+                           "val": self.level_bank.standardize(raw["val"], self.val_store.summaries)}
 
     def _latents(self, store: CaseStore, split: str) -> torch.Tensor:
         from shared.io.artifact import load_component
@@ -240,7 +254,9 @@ class SliceDataModule(L.LightningDataModule):
             if train:
                 return ImageSlices(store, crop=self.hparams.crop)
             return ImageSlices(store, slice_stride=self.hparams.val_slice_stride)
-        return LatentPairs(self.train_latents if train else self.val_latents, store)
+        if train:
+            return LatentPairs(self.train_latents, store, self.levels["train"])
+        return LatentPairs(self.val_latents, store, self.levels["val"])
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self._dataset(True), batch_size=self.hparams.batch_size, shuffle=True,

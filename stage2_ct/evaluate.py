@@ -82,7 +82,8 @@ def phantom_ct(root: Path, case_id: str, f: Findings, grid, expectation: bool = 
 
 def sampling_args(args) -> dict[str, Any]:
     """generate_volume's sampling settings from the command line (None = the model's default)."""
-    return {"steps": args.steps, "guidance": args.guidance, "aug_t": args.aug_t, "noise_corr": args.noise_corr}
+    return {"steps": args.steps, "guidance": args.guidance, "aug_t": args.aug_t, "noise_corr": args.noise_corr,
+            "levels": args.levels}
 
 
 def run_generation(module, vae, masks, summaries, seed: int, args) -> np.ndarray:
@@ -104,6 +105,7 @@ def evaluate_ldm(module, vae, manifest: Path, store, findings: list[Findings], a
     gen_s = time.time() - t0
     res: dict[str, Any] = {"n_cases": len(gen),
                            **sampling_settings(module.hparams, args.steps, args.guidance, args.aug_t, args.noise_corr),
+                           "levels": args.levels if module.hparams.get("organ_levels") else None,
                            "seconds_per_volume": gen_s / len(gen)}
     # organ HU grouped by (phase, fatty), against the phantom's expectation and the own draws
     grid = phantom_grid(manifest.parent)
@@ -295,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="previous-slice augmentation level at inference (default: the model's)")
     p.add_argument("--noise-corr", type=float, default=None,
                    help="correlation of the initial noise between adjacent slices (default: the model's)")
+    p.add_argument("--levels", choices=("bank", "mean"), default="bank",
+                   help="per-volume class levels of a model with organ_levels: drawn from the training "
+                        "volumes of the report's group (bank) or the group's mean (mean)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)

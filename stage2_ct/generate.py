@@ -34,6 +34,23 @@ def sampling_settings(hp: Any, steps: int | None = None, guidance: float | None 
             "noise_corr": float(hp.get("noise_corr", 0.0) if noise_corr is None else noise_corr)}
 
 
+def volume_levels(module: torch.nn.Module, summaries: Sequence[str], levels: torch.Tensor | str,
+                  generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """The (B, K) per-volume class levels `generate_volume` paints (None for a module without
+    `organ_levels`): given, or drawn from the module's level bank ("bank" / "mean")."""
+    if not module.hparams.get("organ_levels"):
+        return None
+    device = next(module.denoiser.parameters()).device
+    if isinstance(levels, str):
+        if module.level_bank is None:
+            raise ValueError("the module paints per-volume levels but has no level bank: pass levels (B, K)")
+        levels = module.level_bank.draw(list(summaries), generator, mode=levels)
+    shape = (len(summaries), module.hparams.num_classes)
+    if tuple(levels.shape) != shape:
+        raise ValueError(f"levels must be {shape} (volumes, classes), got {tuple(levels.shape)}")
+    return levels.to(device).float()
+
+
 def generate_volume(
     module: torch.nn.Module,
     vae: torch.nn.Module,
@@ -47,6 +64,7 @@ def generate_volume(
     decode_batch: int = 64,
     batch_cfg: bool = True,
     noise_corr: float | None = None,
+    levels: torch.Tensor | str = "bank",
 ) -> torch.Tensor:
     """CT volumes in HU from label volumes.
 
@@ -70,6 +88,10 @@ def generate_volume(
             sqrt(1 - rho^2) * fresh noise (AR(1) along z: still N(0, I) for every slice, so each
             slice is a valid sample; adjacent slices start correlated, 0 = independent).
             None = the module's `noise_corr` (0 where it has none).
+        levels: per-volume class levels for a module with `organ_levels` (stage2_ct.levels):
+            (B, K) standardised deltas, or "bank" (each volume the levels of a random training
+            volume of its report group, drawn with `generator`) or "mean" (typical levels).
+            Ignored by modules without them.
 
     Returns:
         (B, X, Y, Z) float32 HU in [-1000, 1000] on the masks' device.
@@ -101,15 +123,16 @@ def generate_volume(
         texts.append(module.null_text(b))
     texts = trim_text_inputs(*texts)  # padding cut once: exact, fewer keys per step
     cond, uncond = texts[0], (texts[1] if len(texts) > 1 else None)
-    levels = torch.full((b,), level, device=device, dtype=torch.long)
+    aug_levels = torch.full((b,), level, device=device, dtype=torch.long)
+    class_levels = volume_levels(module, summaries, levels, generator)
     latents = torch.empty(b, nz, c, *hw, device=device)  # (B, Z, C, h, w)
     prev = torch.zeros(b, c, *hw, device=device)
     x_T = None  # the previous slice's initial noise (noise_corr)
     for k in range(nz):
         seg = mask_to_latent_grid(masks[..., k], hw, hp.num_classes)  # (B, K, h, w)
-        prev_aug = augment_prev(scheduler, prev, levels, generator)
+        prev_aug = augment_prev(scheduler, prev, aug_levels, generator)
         position = torch.full((b, 1), k / max(1, nz - 1), device=device)
-        extra = {"prev": prev_aug, "seg": seg, "position": position, "level": levels}
+        extra = {"prev": prev_aug, "seg": seg, "position": position, "level": aug_levels, "levels": class_levels}
         fresh = scheduler.init_noise((b, c, *hw), generator=generator, device=device)
         x_T = fresh if x_T is None else noise_corr * x_T + (1.0 - noise_corr**2) ** 0.5 * fresh
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):

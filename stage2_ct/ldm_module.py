@@ -35,6 +35,7 @@ from stage2_ct.conditioning import (
     mask_to_latent_grid,
     trim_text_inputs,
 )
+from stage2_ct.levels import LevelBank
 from stage2_ct.vae_module import load_vae
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,11 @@ class SliceLDMModule(L.LightningModule):
             export writes the EMA weights.
         class_embed_dim: d > 0 adds the text-painted class map (d channels; needs pooled_text):
             per-class vectors from the pooled text painted onto the mask (conditioning.py).
+        organ_levels: the class map also paints each class's per-volume level (stage2_ct.levels;
+            needs class_embed_dim > 0): the level bank of the training data is kept in the
+            checkpoint and the artifact, and generation draws levels from it.
+        p_level_drop: probability of training a sample with typical levels (delta = 0).
+        level_lr: learning rate of the level directions (None = lr).
     """
 
     def __init__(
@@ -96,11 +102,16 @@ class SliceLDMModule(L.LightningModule):
         noise_corr: float = 0.0,
         sample_steps: int = 20,
         guidance: float = 1.0,
+        organ_levels: bool = False,
+        p_level_drop: float = 0.1,
+        level_lr: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if class_embed_dim > 0 and not pooled_text:
             raise ValueError("model.class_embed_dim > 0 needs model.pooled_text: true")
+        if organ_levels and class_embed_dim <= 0:
+            raise ValueError("model.organ_levels needs the class map: model.class_embed_dim > 0")
         self.strict_loading = False  # the frozen VAE is not in the checkpoint
         self.text = TextEncoder(**(text_encoder or {}))
         unet_args = {**(unet_overrides or {}), "in_channels": 2 * latent_channels + num_classes + class_embed_dim,
@@ -110,7 +121,9 @@ class SliceLDMModule(L.LightningModule):
         unet, self.unet_args = build_unet(unet_preset, **unet_args)
         self.scheduler_args = dict(scheduler or {})
         self.scheduler = GaussianScheduler(**self.scheduler_args)
-        self.class_embed_args = {"text_dim": self.text.embed_dim, "num_classes": num_classes, "dim": class_embed_dim}
+        self.class_embed_args = {"text_dim": self.text.embed_dim, "num_classes": num_classes, "dim": class_embed_dim,
+                                 **({"levels": True} if organ_levels else {})}
+        self.level_bank: LevelBank | None = None  # from the data (fit) or the artifact
         class_embed = ClassTextEmbedding(**self.class_embed_args) if class_embed_dim > 0 else None
         self.denoiser = SliceDenoiser(unet, self.scheduler.num_train_timesteps, class_embed)
         self.vae = None
@@ -126,6 +139,8 @@ class SliceLDMModule(L.LightningModule):
         if dm is not None and getattr(dm, "num_classes", self.hparams.num_classes) != self.hparams.num_classes:
             raise ValueError(f"model.num_classes = {self.hparams.num_classes} but the data's label "
                              f"table has {dm.num_classes} classes")
+        if self.hparams.organ_levels and stage == "fit" and getattr(dm, "level_bank", None) is not None:
+            self.level_bank = dm.level_bank  # a resumed checkpoint's bank is restored after this
         if self.hparams.text_encoder_artifact and stage == "fit":
             from shared.io.artifact import load_component
 
@@ -154,6 +169,12 @@ class SliceLDMModule(L.LightningModule):
         state = checkpoint["state_dict"]
         for k in [k for k in state if k.startswith("vae.")]:
             del state[k]
+        if self.level_bank is not None:
+            checkpoint["level_bank"] = self.level_bank.to_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "level_bank" in checkpoint:
+            self.level_bank = LevelBank.from_dict(checkpoint["level_bank"])
 
     # ------------------------------------------------------------------ conditioning
     def encode_text(self, texts: list[str], drop: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
@@ -188,10 +209,16 @@ class SliceLDMModule(L.LightningModule):
         prev_aug = augment_prev(self.scheduler, prev, level)
         drop = torch.rand(b, device=z0.device) < (hp.p_uncond if self.training else 0.0)
         text, = trim_text_inputs(self.encode_text(batch["text"], drop))
+        levels = None
+        if hp.get("organ_levels"):
+            if "levels" not in batch:
+                raise ValueError("model.organ_levels needs per-volume levels in the batch (SliceDataModule 'pairs')")
+            keep = torch.rand(b, device=z0.device) >= (hp.p_level_drop if self.training else 0.0)
+            levels = batch["levels"].to(z0) * keep[:, None].to(z0)  # (B, K); 0 = typical
         t = torch.randint(0, self.scheduler.num_train_timesteps, (b,), device=z0.device)
         noise = torch.randn_like(z0)
         xt = self.scheduler.add_noise(z0, noise, t)
-        out = self.denoiser(xt, t, prev_aug, seg, batch["position"], level, **text)
+        out = self.denoiser(xt, t, prev_aug, seg, batch["position"], level, **text, levels=levels)
         return F.mse_loss(out.float(), self.scheduler.training_target(z0, noise, t).float())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -222,7 +249,11 @@ class SliceLDMModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        groups = [{"params": list(self.denoiser.parameters()), "lr": hp.lr}]
+        level_dirs = [p for n, p in self.denoiser.named_parameters() if n.endswith("level_dirs")]
+        groups = [{"params": [p for n, p in self.denoiser.named_parameters() if not n.endswith("level_dirs")],
+                   "lr": hp.lr}]
+        if level_dirs:
+            groups.append({"params": level_dirs, "lr": hp.get("level_lr") or hp.lr})
         text_params = [p for p in self.text.parameters() if p.requires_grad]
         if text_params:
             groups.append({"params": text_params, "lr": hp.text_lr})
@@ -253,12 +284,17 @@ def export_ldm(module: SliceLDMModule, path: str | Path) -> Path:
         "pooled_text": bool(hp.pooled_text), "weights": "ema" if ema else "raw",
         "class_embed": None, "class_embed_dim": int(hp.class_embed_dim),
         "input_layout": "x_t | prev_aug | mask fractions" + (" | text-painted class map" if hp.class_embed_dim else "")
+                        + (" (+ per-volume class levels)" if hp.get("organ_levels") else "")
                         + "; cond_vector = [position, (level+1)/T"
                         + (", pooled text]" if hp.pooled_text else "]"),
         "trained_steps": int(module.global_step) if module._trainer is not None
         else getattr(module, "trained_steps", None),
         "init_from": hp.get("init_from"), "init_trained_steps": getattr(module, "init_trained_steps", None),
+        "organ_levels": bool(hp.get("organ_levels", False)),
+        "level_bank": module.level_bank.to_dict() if module.level_bank is not None else None,
     }
+    if meta["organ_levels"] and meta["level_bank"] is None:
+        raise ValueError("organ_levels is on but the module has no level bank (fit it on SliceDataModule 'pairs')")
     if denoiser.class_embed is not None:
         class_stem = stem.with_name(stem.name + "_classemb")
         save_component(denoiser.class_embed, class_stem, init_args=module.class_embed_args,
@@ -273,7 +309,8 @@ def export_ldm(module: SliceLDMModule, path: str | Path) -> Path:
 def load_ldm_weights(denoiser: SliceDenoiser, text: TextEncoder, path: str | Path,
                      map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load an LDM artifact's UNet, class map (if any) and text encoder weights into `denoiser` and
-    `text` (strict: the architectures must match); returns the artifact's metadata."""
+    `text` (strict: the architectures must match, except that a class map without per-volume
+    levels loads into one with them, the level directions staying zero); returns the metadata."""
     from shared.io.artifact import load_component, read_component_spec
 
     stem = artifact_stem(path)
@@ -282,8 +319,10 @@ def load_ldm_weights(denoiser: SliceDenoiser, text: TextEncoder, path: str | Pat
     if meta.get("class_embed"):
         if denoiser.class_embed is None:
             raise KeyError(f"{stem} has a class map ({meta['class_embed']}) but class_embed_dim is 0")
-        denoiser.class_embed.load_state_dict(
-            load_component(stem.with_name(meta["class_embed"]), map_location=map_location).state_dict())
+        state = load_component(stem.with_name(meta["class_embed"]), map_location=map_location).state_dict()
+        if denoiser.class_embed.level_dirs is not None and "level_dirs" not in state:
+            state["level_dirs"] = torch.zeros_like(denoiser.class_embed.level_dirs)
+        denoiser.class_embed.load_state_dict(state)
     text.load_state_dict(load_component(stem.with_name(meta["text_encoder"]), map_location=map_location).state_dict())
     return meta
 
@@ -309,7 +348,10 @@ def load_slice_ldm(
         aug_max_t=meta["aug_max_t"], aug_t=meta["aug_t"], pooled_text=meta.get("pooled_text", False),
         class_embed_dim=int(meta.get("class_embed_dim", 0)), noise_corr=float(meta.get("noise_corr", 0.0)),
         sample_steps=int(meta.get("sample_steps", 20)), guidance=float(meta.get("guidance", 1.0)),
+        organ_levels=bool(meta.get("organ_levels", False)),
     )
+    if meta.get("level_bank"):
+        module.level_bank = LevelBank.from_dict(meta["level_bank"])
     load_ldm_weights(module.denoiser, module.text, stem, map_location)
     module.setup("predict")
     # channels-last convolutions: 1.4x faster UNet forwards on CPU in bf16 (oneDNN), same weights
