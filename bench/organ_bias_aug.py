@@ -15,7 +15,8 @@ and summary, the run's guidance (1 when not given) and number of DDIM steps. Per
 (generated - phantom expectation) on the eroded voxels (HU; `stage2_ct.evaluate` definitions),
 and the SD of the per-case means. `--autoregressive` adds the same cases generated as the pipeline
 does (`generate_volume`, the module's defaults, seed 0): the difference to a teacher-forced run at
-those settings is what sampling along z adds.
+those settings is what sampling along z adds. A model with per-volume class levels gets one draw
+from its level bank per case (seed 0), the same in every run.
 Writes bench/results/organ_bias_aug_<phase>.json (test split) or organ_bias_aug_<split>_<phase>.json.
 """
 
@@ -40,8 +41,9 @@ log = logging.getLogger("organ_bias_aug")
 
 @torch.no_grad()
 def sample_slices(module, vae, items, store, latents, steps: int, level: int, guidance: float = 1.0,
-                  chunk: int = 48) -> dict:
-    """{(case index, k): (X, Y) HU} for every (case, k) in items, seeded 0."""
+                  chunk: int = 48, case_levels: dict | None = None) -> dict:
+    """{(case index, k): (X, Y) HU} for every (case, k) in items, seeded 0; `case_levels`: each
+    case's per-volume class levels (K,) for a module with organ_levels."""
     from shared.diffusion import sample_loop
     from stage2_ct.conditioning import augment_prev, mask_to_latent_grid, trim_text_inputs
 
@@ -63,6 +65,8 @@ def sample_slices(module, vae, items, store, latents, steps: int, level: int, gu
         text, *null = trim_text_inputs(*texts)
         extra = {"prev": augment_prev(sch, prev, levels, g), "seg": seg, "level": levels,
                  "position": torch.tensor([[k / max(1, nz - 1)] for _, k in part])}
+        if case_levels is not None:
+            extra["levels"] = torch.stack([case_levels[i] for i, _ in part])
         x_t = sch.init_noise((b, c, h, w), generator=g, device=torch.device("cpu"))
         z, _ = sample_loop(module.denoiser, sch, x_t, generator=g, guidance=guidance, cond={**text, **extra},
                            uncond={**null[0], **extra} if null else None)
@@ -122,6 +126,10 @@ def main() -> int:
             ks = np.flatnonzero(np.any([m.any(axis=(0, 1)) for m in masks[i].values()], axis=0))
             items += [(i, int(k)) for k in ks]
     log.info("%d cases, %d slices", len(cases), len(items))
+    from stage2_ct.generate import volume_levels
+
+    drawn = volume_levels(module, [store.summaries[i] for i in cases], "bank", torch.Generator().manual_seed(0))
+    case_levels = None if drawn is None else dict(zip(cases, drawn, strict=True))  # one draw per case
     def bias_of(gen: dict) -> dict:
         """Per organ: mean over cases of (generated - expectation) on the eroded voxels, and the SD
         of the per-case means (HU)."""
@@ -140,7 +148,8 @@ def main() -> int:
 
     results = []
     for steps, level, guidance in runs:
-        bias = bias_of(sample_slices(module, vae, items, store, latents, steps, level, guidance))
+        bias = bias_of(sample_slices(module, vae, items, store, latents, steps, level, guidance,
+                                     case_levels=case_levels))
         log.info("steps %d level %d guidance %g: %s", steps, level, guidance, bias)
         results.append({"steps": steps, "level": level, "guidance": guidance, "bias_hu": bias})
     if args.autoregressive:  # the same cases generated slice after slice, as the pipeline does
@@ -148,7 +157,8 @@ def main() -> int:
 
         with torch.no_grad():
             vols = generate_volume(module, vae, store.labels[cases], [store.summaries[i] for i in cases],
-                                   generator=torch.Generator().manual_seed(0)).numpy()
+                                   generator=torch.Generator().manual_seed(0),
+                                   levels="bank" if drawn is None else drawn).numpy()
         row = {i: j for j, i in enumerate(cases)}
         bias = bias_of({(i, k): vols[row[i]][..., k] for i, k in items})
         settings = sampling_settings(module.hparams)

@@ -124,6 +124,7 @@ class SliceLDMModule(L.LightningModule):
         self.class_embed_args = {"text_dim": self.text.embed_dim, "num_classes": num_classes, "dim": class_embed_dim,
                                  **({"levels": True} if organ_levels else {})}
         self.level_bank: LevelBank | None = None  # from the data (fit) or the artifact
+        self.init_trained_steps: int | None = None  # trained_steps of init_from, recorded on export
         class_embed = ClassTextEmbedding(**self.class_embed_args) if class_embed_dim > 0 else None
         self.denoiser = SliceDenoiser(unet, self.scheduler.num_train_timesteps, class_embed)
         self.vae = None
@@ -171,10 +172,13 @@ class SliceLDMModule(L.LightningModule):
             del state[k]
         if self.level_bank is not None:
             checkpoint["level_bank"] = self.level_bank.to_dict()
+        checkpoint["init_trained_steps"] = self.init_trained_steps  # an in-place fine-tune's start
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "level_bank" in checkpoint:
             self.level_bank = LevelBank.from_dict(checkpoint["level_bank"])
+        if "init_trained_steps" in checkpoint:
+            self.init_trained_steps = checkpoint["init_trained_steps"]
 
     # ------------------------------------------------------------------ conditioning
     def encode_text(self, texts: list[str], drop: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
@@ -289,7 +293,7 @@ def export_ldm(module: SliceLDMModule, path: str | Path) -> Path:
                         + (", pooled text]" if hp.pooled_text else "]"),
         "trained_steps": int(module.global_step) if module._trainer is not None
         else getattr(module, "trained_steps", None),
-        "init_from": hp.get("init_from"), "init_trained_steps": getattr(module, "init_trained_steps", None),
+        "init_from": hp.get("init_from"), "init_trained_steps": module.init_trained_steps,
         "organ_levels": bool(hp.get("organ_levels", False)),
         "level_bank": module.level_bank.to_dict() if module.level_bank is not None else None,
     }

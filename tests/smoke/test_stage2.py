@@ -432,6 +432,16 @@ def test_organ_levels_fine_tune_and_generation(tiny_stage2: dict[str, Path], tmp
     assert not torch.equal(run(torch.full((2, k), 4.0)), run(torch.zeros(2, k)))
     with pytest.raises(ValueError, match="levels must be"):
         run(torch.zeros(2, k + 1))
+    # the checkpoint keeps the bank and the fine-tune's start (a resumed fit exports both)
+    from stage2_ct.ldm_module import SliceLDMModule
+
+    ckpt: dict = {"state_dict": {}}
+    module.init_trained_steps = 7
+    module.on_save_checkpoint(ckpt)
+    resumed = SliceLDMModule(**{**module.hparams, "vae_path": None})
+    assert resumed.level_bank is None and resumed.init_trained_steps is None
+    resumed.on_load_checkpoint(ckpt)
+    assert resumed.level_bank.groups == module.level_bank.groups and resumed.init_trained_steps == 7
     module.level_bank = None
     with pytest.raises(ValueError, match="level bank"):
         run("bank")

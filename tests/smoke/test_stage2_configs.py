@@ -15,7 +15,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "stage2_ct" / "configs"
 STACKS = {
     "vae": [[], ["tiny"], ["full"], ["phantom_lat12"], ["phantom_decoder_ft"],
             ["phantom_decoder_ft", "phantom_decoder_ft2"]],
-    "ldm": [[], ["tiny"], ["full"], ["phantom_lat12"]],
+    "ldm": [[], ["tiny"], ["full"], ["phantom_lat12"], ["phantom_levels_ft"]],
 }
 
 
@@ -65,3 +65,13 @@ def test_decoder_fine_tuning_recipes_resolve_as_documented() -> None:
     part_a = resolved("vae", ["phantom_decoder_ft", "phantom_decoder_ft2"],
                       "--trainer.max_steps", "1500", "--model.decay_steps", "8000")
     assert part_a["trainer"]["max_steps"] == 1500 and part_a["model"]["init_args"]["decay_steps"] == 8000
+
+
+def test_level_fine_tuning_recipe_resolves_as_documented() -> None:
+    """phantom_levels_ft.yaml: the shipped LDM's weights start a fit with per-volume levels, a
+    cosine over all its steps, in its own run folder."""
+    cfg = resolved("ldm", ["phantom_levels_ft"])
+    ft = cfg["model"]["init_args"]
+    assert ft["organ_levels"] and ft["class_embed_dim"] > 0 and ft["init_from"] == "weights/stage2_ldm_phantom"
+    assert ft["decay_steps"] == cfg["trainer"]["max_steps"] and ft["level_lr"] > ft["lr"]
+    assert checkpoint_dirs(cfg) == ["runs/stage2/ldm_levels_ft/checkpoints"]
