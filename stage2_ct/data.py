@@ -217,12 +217,21 @@ class SliceDataModule(L.LightningDataModule):
                 raise ValueError("SliceDataModule(mode='pairs') needs vae_path (a VAE artifact)")
             self.train_latents = self._latents(self.train_store, "train")
             self.val_latents = self._latents(self.val_store, "val")
+
+    def fit_levels(self) -> LevelBank:
+        """Per-volume class levels of every case and the training volumes' level bank
+        (stage2_ct.levels), computed once (~0.25 s per 128 x 128 x 80 case) when a model asks
+        for them (`SliceLDMModule(organ_levels=True)` in its setup); the pairs then carry them."""
+        if self.level_bank is None:
+            if self.train_store is None:
+                raise RuntimeError("SliceDataModule.fit_levels needs setup() first")
             k = self.num_classes
             raw = {"train": organ_levels(self.train_store.hu, self.train_store.labels, k),
                    "val": organ_levels(self.val_store.hu, self.val_store.labels, k)}
             self.level_bank = LevelBank.fit(raw["train"], self.train_store.summaries)
             self.levels = {"train": self.level_bank.standardize(raw["train"], self.train_store.summaries),
                            "val": self.level_bank.standardize(raw["val"], self.val_store.summaries)}
+        return self.level_bank
 
     def _latents(self, store: CaseStore, split: str) -> torch.Tensor:
         from shared.io.artifact import load_component
@@ -254,9 +263,8 @@ class SliceDataModule(L.LightningDataModule):
             if train:
                 return ImageSlices(store, crop=self.hparams.crop)
             return ImageSlices(store, slice_stride=self.hparams.val_slice_stride)
-        if train:
-            return LatentPairs(self.train_latents, store, self.levels["train"])
-        return LatentPairs(self.val_latents, store, self.levels["val"])
+        split = "train" if train else "val"
+        return LatentPairs(self.train_latents if train else self.val_latents, store, self.levels.get(split))
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self._dataset(True), batch_size=self.hparams.batch_size, shuffle=True,

@@ -140,8 +140,11 @@ class SliceLDMModule(L.LightningModule):
         if dm is not None and getattr(dm, "num_classes", self.hparams.num_classes) != self.hparams.num_classes:
             raise ValueError(f"model.num_classes = {self.hparams.num_classes} but the data's label "
                              f"table has {dm.num_classes} classes")
-        if self.hparams.organ_levels and stage == "fit" and getattr(dm, "level_bank", None) is not None:
-            self.level_bank = dm.level_bank  # a resumed checkpoint's bank is restored after this
+        if self.hparams.organ_levels and stage == "fit":
+            if not hasattr(dm, "fit_levels"):
+                raise ValueError("model.organ_levels needs per-volume levels from the data: "
+                                 "SliceDataModule(mode='pairs')")
+            self.level_bank = dm.fit_levels()  # a resumed checkpoint's bank is restored after this
         if self.hparams.text_encoder_artifact and stage == "fit":
             from shared.io.artifact import load_component
 
