@@ -256,9 +256,10 @@ class SliceLDMModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        level_dirs = [p for n, p in self.denoiser.named_parameters() if n.endswith("level_dirs")]
-        groups = [{"params": [p for n, p in self.denoiser.named_parameters() if not n.endswith("level_dirs")],
-                   "lr": hp.lr}]
+        params, level_dirs = [], []
+        for name, p in self.denoiser.named_parameters():
+            (level_dirs if name.endswith("level_dirs") else params).append(p)
+        groups = [{"params": params, "lr": hp.lr}]
         if level_dirs:
             groups.append({"params": level_dirs, "lr": hp.get("level_lr") or hp.lr})
         text_params = [p for p in self.text.parameters() if p.requires_grad]

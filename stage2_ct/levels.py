@@ -81,10 +81,9 @@ class LevelBank:
             lv = levels[[i for i, k in enumerate(keys) if k == key]].double()  # (n, K)
             present = ~lv.isnan()
             n = present.sum(0).clamp_min(1)
-            mean = torch.where(present, lv, 0).sum(0) / n
+            mean = torch.where(present, lv, 0).sum(0) / n  # 0 for a class absent from the group
             var = torch.where(present, (lv - mean) ** 2, 0).sum(0) / (n - 1).clamp_min(1)
             std = var.sqrt().clamp_min(MIN_STD_HU)
-            mean = torch.where(present.any(0), mean, 0.0)
             groups[key] = {"mean": mean.tolist(), "std": std.tolist()}
             groups[key]["rows"] = _delta(lv, mean, std).tolist()
         log.info("level bank: %s", {k: len(g["rows"]) for k, g in groups.items()})
