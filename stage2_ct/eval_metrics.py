@@ -15,8 +15,9 @@ from scipy import ndimage
 
 from shared.data.transforms import hu_to_model, model_to_hu
 from shared.labels import default_labels
+from stage2_ct.harmonize import SOLID_ORGANS
 
-SOLID = ("liver", "spleen", "kidney_left", "kidney_right", "pancreas")
+SOLID = SOLID_ORGANS  # the solid organs the evaluation measures
 
 
 def eroded(labels: np.ndarray, cid: int, iterations: int = 1) -> np.ndarray:
@@ -76,31 +77,33 @@ def evaluate_vae(vae: torch.nn.Module, hu: torch.Tensor) -> tuple[dict[str, Any]
     return res, np.stack(recs)
 
 
-def volume_stats(volumes: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, dict[str, float]]:
-    """Continuity, adjacent-slice noise correlation, liver HU std and liver level jitter along z
-    (`level_jitter`) of each named set of volumes, averaged over its volumes; the eroded organ
-    masks are built once for all sets.
+def _mean_finite(values: list[float]) -> float:
+    """Mean of the finite values; NaN where there are none (no warning)."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def volume_stats(volumes: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Continuity, adjacent-slice noise correlation, liver HU std and the level jitter along z
+    (`level_jitter`) of the liver and of every solid organ, for each named set of volumes,
+    averaged over its volumes; the eroded organ masks are built once for all sets.
 
     volumes {name: (N, X, Y, Z) HU}, labels (N, X, Y, Z) -> {name: {"z_gradient", "noise_corr",
-    "liver_std", "liver_jitter"}}."""
+    "liver_std", "liver_jitter", "organ_jitter": {organ: HU}}}."""
     table = default_labels()
-    regions = []  # per case: (eroded solid organs, eroded liver or None when too small)
-    for lab in labels:
-        solid = np.zeros(lab.shape, bool)
-        for name in SOLID:
-            solid |= eroded(lab, table.id_of(name))
-        liver = eroded(lab, table.id_of("liver"))
-        regions.append((solid, liver if liver.sum() >= 20 else None))
+    organs = [{name: eroded(lab, table.id_of(name)) for name in SOLID} for lab in labels]  # per case
+    solids = [np.any(list(o.values()), axis=0) for o in organs]
+    livers = [o["liver"] if o["liver"].sum() >= 20 else None for o in organs]
     out = {}
     for key, vols in volumes.items():
         zg = [z_gradient(v) for v in vols]
-        corr = [adjacent_corr(noise_residual(v), solid) for v, (solid, _) in zip(vols, regions, strict=True)]
-        livers = [(v, liver) for v, (_, liver) in zip(vols, regions, strict=True) if liver is not None]
-        std = [float(v[liver].std()) for v, liver in livers]
-        jit = [level_jitter(v, liver) for v, liver in livers]
+        corr = [adjacent_corr(noise_residual(v), solid) for v, solid in zip(vols, solids, strict=True)]
+        std = [float(v[liver].std()) for v, liver in zip(vols, livers, strict=True) if liver is not None]
+        jit = {name: _mean_finite([level_jitter(v, o[name]) for v, o in zip(vols, organs, strict=True)])
+               for name in SOLID}
         out[key] = {"z_gradient": float(np.mean(zg)), "noise_corr": float(np.nanmean(corr)),
                     "liver_std": float(np.mean(std)) if std else float("nan"),
-                    "liver_jitter": float(np.nanmean(jit)) if std else float("nan")}
+                    "liver_jitter": jit["liver"] if std else float("nan"), "organ_jitter": jit}
     return out
 
 

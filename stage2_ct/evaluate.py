@@ -83,7 +83,7 @@ def phantom_ct(root: Path, case_id: str, f: Findings, grid, expectation: bool = 
 def sampling_args(args) -> dict[str, Any]:
     """generate_volume's sampling settings from the command line (None = the model's default)."""
     return {"steps": args.steps, "guidance": args.guidance, "aug_t": args.aug_t, "noise_corr": args.noise_corr,
-            "levels": args.levels}
+            "levels": args.levels, "level_sigma": args.level_sigma}
 
 
 def run_generation(module, vae, masks, summaries, seed: int, args) -> np.ndarray:
@@ -104,7 +104,8 @@ def evaluate_ldm(module, vae, manifest: Path, store, findings: list[Findings], a
     gen = run_generation(module, vae, store.labels, store.summaries, args.seed, args)
     gen_s = time.time() - t0
     res: dict[str, Any] = {"n_cases": len(gen),
-                           **sampling_settings(module.hparams, args.steps, args.guidance, args.aug_t, args.noise_corr),
+                           **sampling_settings(module.hparams, args.steps, args.guidance, args.aug_t, args.noise_corr,
+                                               args.level_sigma),
                            "levels": args.levels if module.hparams.get("organ_levels") else None,
                            "seconds_per_volume": gen_s / len(gen)}
     # organ HU grouped by (phase, fatty), against the phantom's expectation and the own draws
@@ -144,6 +145,7 @@ def evaluate_ldm(module, vae, manifest: Path, store, findings: list[Findings], a
     res["liver_hu_std"] = {k: v["liver_std"] for k, v in st.items()}
     res["liver_hu_std_ratio"] = res["liver_hu_std"]["generated"] / res["liver_hu_std"]["real"]
     res["liver_level_jitter_hu"] = {k: v["liver_jitter"] for k, v in st.items()}
+    res["organ_level_jitter_hu"] = {k: v["organ_jitter"] for k, v in st.items()}
     res["_volumes"] = gen
     return res
 
@@ -297,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="previous-slice augmentation level at inference (default: the model's)")
     p.add_argument("--noise-corr", type=float, default=None,
                    help="correlation of the initial noise between adjacent slices (default: the model's)")
+    p.add_argument("--level-sigma", type=float, default=None,
+                   help="organ level harmonisation along z, Gaussian width in slices (0 = off; default: the model's)")
     p.add_argument("--levels", choices=("bank", "mean"), default="bank",
                    help="per-volume class levels of a model with organ_levels: drawn from the training "
                         "volumes of the report's group (bank) or the group's mean (mean)")

@@ -6,6 +6,7 @@ conditioned on its mask slice, its position, the text and the noise-augmented la
 generated slice k-1 (zeros for k = 0). Latents are decoded by the VAE in slice batches at the end.
 Autocast in bf16 where `autocast` is on (by default where bf16 is fast: shared.runtime.bf16_is_fast):
 the UNet, and the VAE decoder except its output conv (fp32 output; 0.4 HU RMS from an fp32 decode on soft tissue, half the decode time).
+Where `level_sigma` > 0 the decoded solid organs are then steadied along z (stage2_ct.harmonize).
 """
 
 from __future__ import annotations
@@ -19,19 +20,23 @@ import torch
 from shared.diffusion import sample_loop
 from shared.runtime import bf16_is_fast
 from stage2_ct.conditioning import augment_prev, mask_to_latent_grid, trim_text_inputs
+from stage2_ct.harmonize import harmonize_levels, organ_ids
 
 log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
 def sampling_settings(hp: Any, steps: int | None = None, guidance: float | None = None,
-                      aug_t: int | None = None, noise_corr: float | None = None) -> dict[str, Any]:
+                      aug_t: int | None = None, noise_corr: float | None = None,
+                      level_sigma: float | None = None) -> dict[str, Any]:
     """The settings a sampling call uses: each value given, else the module's (`hparams`
-    sample_steps / guidance / aug_t / noise_corr), else 20 steps, guidance 1, independent noise."""
+    sample_steps / guidance / aug_t / noise_corr / level_sigma), else 20 steps, guidance 1,
+    independent noise, no level harmonisation."""
     return {"steps": int(hp.get("sample_steps", 20) if steps is None else steps),
             "guidance": float(hp.get("guidance", 1.0) if guidance is None else guidance),
             "aug_t": int(hp.aug_t if aug_t is None else aug_t),
-            "noise_corr": float(hp.get("noise_corr", 0.0) if noise_corr is None else noise_corr)}
+            "noise_corr": float(hp.get("noise_corr", 0.0) if noise_corr is None else noise_corr),
+            "level_sigma": float(hp.get("level_sigma", 0.0) if level_sigma is None else level_sigma)}
 
 
 def volume_levels(module: torch.nn.Module, summaries: Sequence[str], levels: torch.Tensor | str,
@@ -65,6 +70,7 @@ def generate_volume(
     batch_cfg: bool = True,
     noise_corr: float | None = None,
     levels: torch.Tensor | str = "bank",
+    level_sigma: float | None = None,
 ) -> torch.Tensor:
     """CT volumes in HU from label volumes.
 
@@ -92,15 +98,20 @@ def generate_volume(
             (B, K) standardised deltas, or "bank" (each volume the levels of a random training
             volume of its report group, drawn with `generator`) or "mean" (typical levels).
             Ignored by modules without them.
+        level_sigma: > 0 steadies each solid organ's level along z after decoding
+            (`stage2_ct.harmonize.harmonize_levels`, Gaussian width in slices; masks in the labels of
+            shared.labels.default_labels); 0 = off; None = the module's `level_sigma` (0 where it has none).
 
     Returns:
         (B, X, Y, Z) float32 HU in [-1000, 1000] on the masks' device.
     """
     hp = module.hparams
-    settings = sampling_settings(hp, steps, guidance, aug_t, noise_corr)
+    settings = sampling_settings(hp, steps, guidance, aug_t, noise_corr, level_sigma)
     steps, guidance, noise_corr = settings["steps"], settings["guidance"], settings["noise_corr"]
     if not 0.0 <= noise_corr < 1.0:
         raise ValueError(f"noise_corr must be in [0, 1), got {noise_corr}")
+    if settings["level_sigma"] < 0:
+        raise ValueError(f"level_sigma must be >= 0 slices (0 = off), got {settings['level_sigma']}")
     if masks.ndim != 4:
         raise ValueError(f"masks must be (B, X, Y, Z), got {tuple(masks.shape)}")
     b, nx, ny, nz = masks.shape
@@ -148,4 +159,6 @@ def generate_volume(
     for s in range(0, len(flat), decode_batch):
         out.append(vae.decode_hu(flat[s : s + decode_batch], bf16=autocast).float())
     hu = torch.cat(out).reshape(b, nz, nx, ny).permute(0, 2, 3, 1)  # (B, X, Y, Z)
+    if settings["level_sigma"] > 0:
+        hu = harmonize_levels(hu, masks, organ_ids(hp.num_classes), settings["level_sigma"])
     return hu.contiguous().to(out_device)

@@ -58,6 +58,8 @@ class SliceLDMModule(L.LightningModule):
         noise_corr / sample_steps / guidance: inference only, `generate_volume`'s defaults for
             the correlation of the initial noise between adjacent slices (AR(1) along z; 0 =
             independent), the number of sampling steps and the classifier-free guidance weight.
+        level_sigma: inference only, `generate_volume`'s default organ level harmonisation along
+            z (stage2_ct.harmonize; Gaussian width in slices, 0 = off).
         p_prev_drop: probability of training with a zero previous slice at any k.
         lr, text_lr, warmup_steps, decay_steps: AdamW and its warm-up + cosine schedule.
         export_path: where `on_train_end` writes the LDM artifact (None = not exported).
@@ -102,6 +104,7 @@ class SliceLDMModule(L.LightningModule):
         noise_corr: float = 0.0,
         sample_steps: int = 20,
         guidance: float = 1.0,
+        level_sigma: float = 0.0,
         organ_levels: bool = False,
         p_level_drop: float = 0.1,
         level_lr: float | None = None,
@@ -288,7 +291,7 @@ def export_ldm(module: SliceLDMModule, path: str | Path) -> Path:
         "num_classes": hp.num_classes, "latent_channels": hp.latent_channels,
         "scheduler": module.scheduler_args, "aug_t": hp.aug_t, "aug_max_t": hp.aug_max_t,
         "noise_corr": float(hp.get("noise_corr", 0.0)), "sample_steps": int(hp.get("sample_steps", 20)),
-        "guidance": float(hp.get("guidance", 1.0)),
+        "guidance": float(hp.get("guidance", 1.0)), "level_sigma": float(hp.get("level_sigma", 0.0)),
         "pooled_text": bool(hp.pooled_text), "weights": "ema" if ema else "raw",
         "class_embed": None, "class_embed_dim": int(hp.class_embed_dim),
         "input_layout": "x_t | prev_aug | mask fractions" + (" | text-painted class map" if hp.class_embed_dim else "")
@@ -356,7 +359,7 @@ def load_slice_ldm(
         aug_max_t=meta["aug_max_t"], aug_t=meta["aug_t"], pooled_text=meta.get("pooled_text", False),
         class_embed_dim=int(meta.get("class_embed_dim", 0)), noise_corr=float(meta.get("noise_corr", 0.0)),
         sample_steps=int(meta.get("sample_steps", 20)), guidance=float(meta.get("guidance", 1.0)),
-        organ_levels=bool(meta.get("organ_levels", False)),
+        level_sigma=float(meta.get("level_sigma", 0.0)), organ_levels=bool(meta.get("organ_levels", False)),
     )
     if meta.get("level_bank"):
         module.level_bank = LevelBank.from_dict(meta["level_bank"])

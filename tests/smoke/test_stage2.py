@@ -360,6 +360,38 @@ def test_generate_volume_correlated_initial_noise(tiny_stage2: dict[str, Path]) 
         generate_volume(module, module.vae, masks, store.summaries[:1], steps=2, noise_corr=1.0)
 
 
+def test_generate_volume_harmonizes_organ_levels(tiny_stage2: dict[str, Path]) -> None:
+    """level_sigma > 0: the decoded volume goes through harmonize_levels on the solid organs (the
+    same draws as without it); None takes the module's `level_sigma`, negative is refused."""
+    from stage2_ct.data import load_cases
+    from stage2_ct.generate import generate_volume
+    from stage2_ct.harmonize import harmonize_levels, organ_ids
+    from stage2_ct.ldm_module import load_slice_ldm
+
+    module = load_slice_ldm(tiny_stage2["ldm"])
+    assert module.hparams.level_sigma == 0.0  # the tiny config leaves it off
+    store = load_cases(tiny_stage2["manifest"], "train", 2, default_labels(), (2, 2, 2))
+    masks = store.labels[:2]  # (2, 32, 32, 16)
+
+    def run(sigma: float | None) -> torch.Tensor:
+        return generate_volume(module, module.vae, masks, store.summaries[:2], torch.Generator().manual_seed(5),
+                               steps=1, autocast=False, level_sigma=sigma)
+
+    plain, steadied = run(0.0), run(2.0)
+    want = harmonize_levels(plain, masks.long(), organ_ids(module.hparams.num_classes), 2.0)
+    torch.testing.assert_close(steadied, want, atol=1e-4, rtol=0)
+    organs = torch.isin(masks, torch.tensor(organ_ids(module.hparams.num_classes)))
+    assert bool(organs.any()) and not torch.equal(steadied[organs], plain[organs])
+    assert torch.equal(steadied[~organs], plain[~organs])
+    module.hparams.level_sigma = 2.0
+    try:
+        torch.testing.assert_close(run(None), steadied, atol=0, rtol=0)
+    finally:
+        module.hparams.level_sigma = 0.0
+    with pytest.raises(ValueError, match="level_sigma"):
+        run(-1.0)
+
+
 def test_generate_volume_guidance_default_is_the_modules(tiny_stage2: dict[str, Path]) -> None:
     """guidance=None takes the module's `guidance` (artifact metadata): 1 runs the conditional
     branch alone (batch B per forward), anything else both CFG branches (batch 2B)."""

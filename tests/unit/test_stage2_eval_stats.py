@@ -34,6 +34,9 @@ def test_shared_noise_is_continuous_and_correlated_fresh_noise_is_not() -> None:
     assert 8.5 < s_fresh["liver_std"] < 11.5
     # a constant level: slice means differ by noise only (~10 / sqrt(n voxels) per slice)
     assert s_fresh["liver_jitter"] < 2.0 and s_shared["liver_jitter"] < 1e-4
+    # every solid organ's jitter: the liver's is the one above, an absent organ has none
+    assert s_fresh["organ_jitter"]["liver"] == s_fresh["liver_jitter"]
+    assert np.isnan(s_fresh["organ_jitter"]["spleen"])
 
 
 def test_level_jitter_sees_a_level_that_jumps_between_slices() -> None:
