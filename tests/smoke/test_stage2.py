@@ -363,13 +363,15 @@ def test_generate_volume_correlated_initial_noise(tiny_stage2: dict[str, Path]) 
 def test_generate_volume_harmonizes_organ_levels(tiny_stage2: dict[str, Path]) -> None:
     """level_sigma > 0: the decoded volume goes through harmonize_levels on the solid organs (the
     same draws as without it); None takes the module's `level_sigma`, negative is refused."""
+    from shared.io.artifact import read_component_spec
     from stage2_ct.data import load_cases
     from stage2_ct.generate import generate_volume
     from stage2_ct.harmonize import harmonize_levels, organ_ids
     from stage2_ct.ldm_module import load_slice_ldm
 
     module = load_slice_ldm(tiny_stage2["ldm"])
-    assert module.hparams.level_sigma == 0.0  # the tiny config leaves it off
+    saved = module.hparams.level_sigma  # configs/ldm/phantom.yaml's, through the export and the loader
+    assert saved == read_component_spec(tiny_stage2["ldm"])["metadata"]["level_sigma"] == 3.0
     store = load_cases(tiny_stage2["manifest"], "train", 2, default_labels(), (2, 2, 2))
     masks = store.labels[:2]  # (2, 32, 32, 16)
 
@@ -387,7 +389,7 @@ def test_generate_volume_harmonizes_organ_levels(tiny_stage2: dict[str, Path]) -
     try:
         torch.testing.assert_close(run(None), steadied, atol=0, rtol=0)
     finally:
-        module.hparams.level_sigma = 0.0
+        module.hparams.level_sigma = saved
     with pytest.raises(ValueError, match="level_sigma"):
         run(-1.0)
 
