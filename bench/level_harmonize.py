@@ -60,15 +60,20 @@ def load_or_generate(split: str, cache: Path | None) -> dict[str, np.ndarray]:
 
 
 def row(vols: np.ndarray, d: dict[str, np.ndarray]) -> dict[str, float]:
-    from stage2_ct.eval_metrics import max_over_groups, organ_hu_errors, organ_means, volume_stats
+    from stage2_ct.eval_metrics import (
+        max_over_groups,
+        organ_group,
+        organ_hu_errors,
+        organ_means,
+        volume_stats,
+    )
 
     st = volume_stats({"x": vols}, d["labels"])["x"]
     rows = []
     for v, lab, e, grp in zip(vols, d["labels"], d["exp"], d["groups"], strict=True):
         phase, liver = str(grp).split("|")
         g_m, e_m = organ_means([v, e], lab)
-        rows += [(o, f"{phase}|{'fatty' if liver == 'fatty' and o == 'liver' else 'normal'}", g_m[o], e_m[o], e_m[o])
-                 for o in g_m]
+        rows += [(o, organ_group(phase, liver, o), g_m[o], e_m[o], e_m[o]) for o in g_m]
     return {**{f"jitter_{o}": round(j, 2) for o, j in st["organ_jitter"].items()},
             "liver_std": round(st["liver_std"], 2), "z_gradient": round(st["z_gradient"], 1),
             "noise_corr": round(st["noise_corr"], 3),

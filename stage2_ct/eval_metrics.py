@@ -115,6 +115,11 @@ def organ_means(vols: list[np.ndarray], labels: np.ndarray) -> list[dict[str, fl
     return [{name: float(v[m].mean()) for name, m in masks.items()} for v in vols]
 
 
+def organ_group(phase: str, liver: str, organ: str) -> str:
+    """The group an organ's mean HU is judged in: 'phase|fatty' for a fatty liver, else 'phase|normal'."""
+    return f"{phase}|{'fatty' if liver == 'fatty' and organ == 'liver' else 'normal'}"
+
+
 def organ_hu_errors(rows: list[tuple[str, str, float, float, float]]) -> dict[str, Any]:
     """Group errors of organ mean HU. rows: (organ, group, generated, real own draw, expectation)
     per case and organ (HU) -> {organ: {group: {n, gen, real, expectation, abs_error (gen vs

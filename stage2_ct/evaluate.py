@@ -48,6 +48,7 @@ from stage2_ct.eval_metrics import (
     eroded,
     evaluate_vae,
     max_over_groups,
+    organ_group,
     organ_hu_errors,
     organ_means,
     volume_stats,
@@ -117,7 +118,7 @@ def evaluate_ldm(module, vae, manifest: Path, store, findings: list[Findings], a
         g_m, r_m, e_m, *rec = organ_means(vols, labels[i])  # same organs in each
         c_m = rec[0] if rec else {}
         for organ in g_m:
-            group = f"{f.phase}|{'fatty' if f.liver == 'fatty' and organ == 'liver' else 'normal'}"
+            group = organ_group(f.phase, f.liver, organ)
             rows.append((organ, group, g_m[organ], r_m[organ], e_m[organ]))
             if organ in c_m:
                 rec_rows.append((organ, group, c_m[organ], r_m[organ], e_m[organ]))

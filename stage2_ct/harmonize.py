@@ -60,14 +60,25 @@ def smooth_weighted(values: torch.Tensor, weights: torch.Tensor, sigma: float) -
     return num / den
 
 
+def _to_slices(x: torch.Tensor) -> torch.Tensor:
+    """(B, X, Y, Z) -> (B * Z, 1, X, Y): one 2D image per axial slice, for the in-plane pools."""
+    b, nx, ny, nz = x.shape
+    return x.permute(0, 3, 1, 2).reshape(b * nz, 1, nx, ny)
+
+
+def _from_slices(y: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The inverse of `_to_slices` for a (B, X, Y, Z) shape."""
+    b, nx, ny, nz = shape
+    return y.reshape(b, nz, nx, ny).permute(0, 2, 3, 1)
+
+
 def organ_slice_means(hu: torch.Tensor, organ: torch.Tensor, erode: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-slice mean HU of an organ's interior: the mask eroded in-plane by a (2 erode + 1)^2
     square and by one slice along z (the first and last slice of the volume keep their voxels).
 
     hu (B, X, Y, Z) HU, organ (B, X, Y, Z) bool -> (means (B, Z) with 0 where empty, voxel counts (B, Z))."""
-    b, nx, ny, nz = organ.shape
-    outside = (~organ).permute(0, 3, 1, 2).reshape(b * nz, 1, nx, ny).to(hu.dtype)
-    interior = (F.max_pool2d(outside, 2 * erode + 1, stride=1, padding=erode) == 0).reshape(b, nz, nx, ny).permute(0, 2, 3, 1)
+    outside = _to_slices(~organ).to(hu.dtype)
+    interior = _from_slices(F.max_pool2d(outside, 2 * erode + 1, stride=1, padding=erode) == 0, organ.shape)
     interior[..., 1:] &= organ[..., :-1]  # and the organ in both neighbouring slices
     interior[..., :-1] &= organ[..., 1:]
     n = interior.sum((1, 2)).to(hu.dtype)  # (B, Z)
@@ -112,13 +123,11 @@ def harmonize_levels(hu: torch.Tensor, labels: torch.Tensor, class_ids: Sequence
         if box is None:
             continue
         organ, xc = labels[box] == cid, x[box]  # (B, x, y, Z); xc a view of x
-        b, nx, ny, nz = organ.shape
         means, n = organ_slice_means(xc, organ, erode)  # (B, Z)
         target = smooth_weighted(means, n, sigma)
         shift = torch.where(n > 0, (target - means) * n / (n + prior_voxels), torch.zeros_like(means))
         # feathered weight: 1 inside, the 3 x 3 in-plane fraction of organ pixels at its edge
-        m = organ.permute(0, 3, 1, 2).reshape(b * nz, 1, nx, ny).to(x.dtype)
-        edge = F.avg_pool2d(m, 3, stride=1, padding=1, count_include_pad=False)
-        w = (m * edge).reshape(b, nz, nx, ny).permute(0, 2, 3, 1)
+        m = _to_slices(organ).to(x.dtype)
+        w = _from_slices(m * F.avg_pool2d(m, 3, stride=1, padding=1, count_include_pad=False), organ.shape)
         xc += w * shift[:, None, None, :]
     return x.clamp(-1000.0, 1000.0).to(hu.dtype)
