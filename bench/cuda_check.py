@@ -6,7 +6,8 @@ off); (2) `sample_masks` on the GPU with bf16 autocast and size control returns 
 probabilities and the reported tumour voxel count ("argmax" mode; the largest difference is
 reported: float rounding at the threshold can move a voxel or two); (3) `generate_volume`
 on the GPU returns finite HU in [-1000, 1000] of the mask's shape, on the masks' device; (4) a CPU
-generator drives GPU sampling with the CPU's draws (fp32: labels agree, HU close to the CPU run's).
+generator drives GPU sampling with the CPU's draws (fp32: labels agree, HU close to the CPU run's);
+(5) organ level harmonisation (`stage2_ct.harmonize`) gives the same HU on the GPU as on the CPU.
 Timings: seconds per mask and per 80-slice volume at the default steps, batch 8, with CFG.
 
     python bench/cuda_check.py --out bench/results/cuda_check.json
@@ -27,11 +28,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from shared.labels import default_labels  # noqa: E402
 from shared.runtime import bf16_is_fast  # noqa: E402
 from shared.vae.autoencoder import SliceAutoencoder  # noqa: E402
 from stage1_mask.sampler import MaskSampler, sample_masks  # noqa: E402
 from stage1_mask.size import target_tumor_voxels  # noqa: E402
 from stage2_ct.generate import generate_volume  # noqa: E402
+from stage2_ct.harmonize import harmonize_levels, organ_ids  # noqa: E402
 from stage2_ct.ldm_module import SliceLDMModule  # noqa: E402
 
 log = logging.getLogger("cuda_check")
@@ -138,6 +141,20 @@ def stage2(device: torch.device, steps: int, batch: int) -> dict:
             "steps": steps, "batch": batch, "sec_per_volume_bf16_cfg": sec}
 
 
+def harmonize(device: torch.device) -> dict:
+    """Block organs with per-slice level offsets: harmonised on the CPU and on `device` (fp32)."""
+    ids = organ_ids(default_labels().num_classes)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.zeros(2, 96, 96, 40, dtype=torch.long)
+    labels[:, 10:60, 10:60, 4:36] = ids[0]
+    labels[:, 65:85, 20:45, 8:30] = ids[1]
+    hu = 50 + 10 * torch.randn(labels.shape, generator=g) + 8 * torch.randn(2, 1, 1, 40, generator=g)
+    a = harmonize_levels(hu, labels, ids)
+    b = harmonize_levels(hu.to(device), labels.to(device), ids).cpu()
+    return {"max_abs_diff_cpu_vs_gpu_hu": float((a - b).abs().max()),
+            "moved_rms_hu": float((a - hu).pow(2).mean().sqrt())}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("bench/results/cuda_check.json"))
@@ -155,7 +172,8 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = False
     res = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
            "torch": torch.__version__, "bf16_autocast": bf16_is_fast(device),
-           "stage1": stage1(device, a.steps1, a.batch), "stage2": stage2(device, a.steps2, a.batch)}
+           "harmonize": harmonize(device), "stage1": stage1(device, a.steps1, a.batch),
+           "stage2": stage2(device, a.steps2, a.batch)}
     log.info("%s", json.dumps(res, indent=1))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=1))

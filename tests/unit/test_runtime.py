@@ -9,9 +9,39 @@ from shared import runtime
 from shared.diffusion import random_draw
 
 
-def test_bf16_is_fast_follows_onednn_on_cpu_and_is_off_elsewhere() -> None:
-    assert runtime.bf16_is_fast("cpu") == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+def test_bf16_is_fast_on_cpu_is_measured_where_onednn_has_bf16(monkeypatch) -> None:
+    monkeypatch.delenv(runtime.CPU_BF16_ENV, raising=False)
+    monkeypatch.setattr(runtime, "onednn_bf16", lambda: False)  # AVX2 only: no timing, fp32
+    monkeypatch.setattr(runtime, "cpu_bf16_speedup", lambda threads: pytest.fail("timed without oneDNN bf16"))
+    assert runtime.bf16_is_fast("cpu") is False
+    monkeypatch.setattr(runtime, "onednn_bf16", lambda: True)
+    for speedup, want in ((1.6, True), (runtime.MIN_CPU_SPEEDUP, True), (1.1, False), (0.55, False)):
+        monkeypatch.setattr(runtime, "cpu_bf16_speedup", lambda threads, s=speedup: s)
+        assert runtime.bf16_is_fast("cpu") is want
     assert runtime.bf16_is_fast("meta") is False
+
+
+@pytest.mark.parametrize(("value", "want"), [("1", True), ("on", True), ("0", False), (" False ", False)])
+def test_bf16_is_fast_env_override(monkeypatch, value, want) -> None:
+    monkeypatch.setenv(runtime.CPU_BF16_ENV, value)
+    monkeypatch.setattr(runtime, "cpu_bf16_speedup", lambda threads: pytest.fail("timed despite the override"))
+    assert runtime.bf16_is_fast("cpu") is want
+
+
+def test_bf16_is_fast_env_override_refuses_other_values(monkeypatch) -> None:
+    monkeypatch.setenv(runtime.CPU_BF16_ENV, "maybe")
+    with pytest.raises(ValueError, match=runtime.CPU_BF16_ENV):
+        runtime.bf16_is_fast("cpu")
+
+
+def test_cpu_bf16_speedup_is_a_timing_ratio_that_leaves_the_global_rng_alone() -> None:
+    """The real timing (where oneDNN has no bf16 path it times the slow reference GEMM: skipped)."""
+    if not runtime.onednn_bf16():
+        pytest.skip("oneDNN has no bf16 path on this CPU")
+    state = torch.random.get_rng_state()
+    speedup = runtime.cpu_bf16_speedup.__wrapped__(torch.get_num_threads())
+    assert 0.01 < speedup < 100
+    assert torch.equal(torch.random.get_rng_state(), state)
 
 
 @pytest.mark.parametrize(("fast", "accelerator", "precision", "want"), [
