@@ -86,7 +86,7 @@ def generate_volume(
         guidance: classifier-free guidance weight on the text (1 = conditional only); None = the
             module's `guidance` (1 where it has none).
         autocast: bf16 autocast for the UNet and the VAE decoder body (its output conv runs in fp32);
-            None = where bf16 is fast on the module's device (CUDA, CPUs with native bf16).
+            None = where bf16 is fast on the module's device (shared.runtime.bf16_is_fast).
         aug_t: previous-slice augmentation level at inference (None = module's `aug_t`).
         decode_batch: slices per VAE decoder call.
         batch_cfg: both guidance branches in one forward (False: two passes, for benchmarks).
