@@ -234,7 +234,7 @@ class SliceDataModule(L.LightningDataModule):
         return self.level_bank
 
     def _latents(self, store: CaseStore, split: str) -> torch.Tensor:
-        from shared.io.artifact import load_component
+        from stage2_ct.vae_module import load_vae
 
         weights = Path(self.hparams.vae_path).with_suffix(".safetensors")
         key = hashlib.sha1()
@@ -248,7 +248,7 @@ class SliceDataModule(L.LightningDataModule):
             return torch.load(cache, weights_only=True)
         # on the trainer's accelerator (a GPU encodes the phantom's 16k slices in seconds)
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        vae = load_component(self.hparams.vae_path).eval().to(device)
+        vae = load_vae(self.hparams.vae_path, map_location=device)  # channels-last: faster on CPU
         lat = encode_store(vae, store)
         log.info("encoded %s latents %s (std %.3f)", split, tuple(lat.shape), float(lat.float().std()))
         if cache is not None and (self.trainer is None or self.trainer.is_global_zero):

@@ -36,7 +36,8 @@ class VAEModule(L.LightningModule):
     latent scale factor), init_from (a VAE artifact loaded in `setup`; the export records it and its
     trained_steps as init_from / init_trained_steps), freeze_encoder (fine-tune
     the decoder only: latents, and so the latent scale factor and an LDM trained on them, stay
-    valid)."""
+    valid), channels_last (train in channels-last memory format: 1.28x faster steps in fp32 on 2
+    Intel Xeon threads, bench/train_step.py)."""
 
     def __init__(
         self,
@@ -55,6 +56,7 @@ class VAEModule(L.LightningModule):
         mse_weight: float = 0.0,
         init_from: str | None = None,
         freeze_encoder: bool = False,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -85,6 +87,15 @@ class VAEModule(L.LightningModule):
                                  f"(model.vae: latent_channels, channels, num_res_blocks): {err}") from err
             log.info("VAE initialised from %s", self.hparams.init_from)
 
+    def on_fit_start(self) -> None:
+        if self.hparams.channels_last:
+            self.vae.to(memory_format=torch.channels_last)
+
+    def _image(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, 1, H, W) model space, in the training memory format."""
+        x = batch["image"]
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+
     # ------------------------------------------------------------------ loss
     def reconstruction_loss(self, x_rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         lo, hi = (v / 1000.0 for v in SOFT_TISSUE_HU)  # HU -> model space (centre 0)
@@ -97,7 +108,7 @@ class VAEModule(L.LightningModule):
         hp = self.hparams
         opts = self.optimizers()
         opt_g, opt_d = (opts if isinstance(opts, list) else (opts, None))
-        x = batch["image"]  # (B, 1, H, W) model space
+        x = self._image(batch)  # (B, 1, H, W) model space
         x_rec, mu, logvar = self.vae(x)
         rec = self.reconstruction_loss(x_rec, x)
         kl = kl_divergence(mu.float(), logvar.float())
@@ -137,7 +148,7 @@ class VAEModule(L.LightningModule):
         self._val = {}
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        x = batch["image"]
+        x = self._image(batch)
         mu, _ = self.vae.encode(x)
         x_rec = self.vae.decode(mu).clamp(-1, 1)
         for k, v in hu_errors(x_rec, x).items():

@@ -79,6 +79,38 @@ def test_vae_tiny_overfit(tiny_phantom: Path) -> None:
     assert 0.0 < err <= 2.0, err
 
 
+def test_vae_channels_last_training_matches_contiguous() -> None:
+    """VAEModule(channels_last=True) (the default) trains in channels-last memory format: the
+    weights and the batch are converted at fit start / per step, and the loss and every gradient
+    equal those of contiguous training of the same weights on the same batch."""
+    from stage2_ct.vae_module import VAEModule
+
+    args = {"vae": {"latent_channels": 4, "channels": [8, 16, 16], "num_res_blocks": [0, 1, 1]}}
+    fast, plain = VAEModule(**args), VAEModule(**args, channels_last=False)
+    plain.load_state_dict(fast.state_dict())
+    fast.on_fit_start()
+    plain.on_fit_start()
+    conv = fast.vae.encoder[1].weight  # 8 -> 16 channels (conv_in has one input channel: both formats)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert plain.vae.encoder[1].weight.is_contiguous()
+    batch = {"image": torch.rand(4, 1, 16, 16) * 2 - 1}
+    assert fast._image(batch).is_contiguous(memory_format=torch.channels_last)
+    grads = []
+    for module in (fast, plain):
+        torch.manual_seed(0)  # the same posterior sample
+        x = module._image(batch)
+        x_rec, mu, logvar = module.vae(x)
+        loss = module.reconstruction_loss(x_rec, x) + 1e-6 * kl_divergence(mu, logvar)
+        module.vae.zero_grad()
+        loss.backward()
+        grads.append((loss.detach(), {k: p.grad.clone() for k, p in module.vae.named_parameters()}))
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-6, rtol=1e-5)
+    assert grads[0][1].keys() == grads[1][1].keys()
+    for k, g in grads[0][1].items():
+        torch.testing.assert_close(g, grads[1][1][k], atol=1e-5, rtol=1e-4, msg=k)
+    assert any(float(g.abs().max()) > 0 for g in grads[0][1].values())
+
+
 @pytest.fixture(scope="module")
 def tiny_stage2(tiny_phantom: Path, tmp_path_factory) -> dict[str, Path]:
     """Tiny LDM fit via the CLI in-process; the VAE artifact is missing, so it trains one first."""

@@ -13,9 +13,9 @@ import yaml
 
 CONFIGS = Path(__file__).resolve().parents[2] / "stage2_ct" / "configs"
 STACKS = {
-    "vae": [[], ["tiny"], ["full"], ["phantom_lat12"], ["phantom_decoder_ft"],
+    "vae": [[], ["tiny"], ["full"], ["phantom_lat12"], ["phantom_lat12_1h"], ["phantom_decoder_ft"],
             ["phantom_decoder_ft", "phantom_decoder_ft2"], ["phantom_decoder_ft", "phantom_decoder_ft3"]],
-    "ldm": [[], ["tiny"], ["full"], ["phantom_lat12"], ["phantom_levels_ft"]],
+    "ldm": [[], ["tiny"], ["full"], ["phantom_lat12"], ["phantom_lat12_1h"], ["phantom_levels_ft"]],
 }
 
 
@@ -81,3 +81,22 @@ def test_level_fine_tuning_recipe_resolves_as_documented() -> None:
     assert ft["organ_levels"] and ft["class_embed_dim"] > 0 and ft["init_from"] == "weights/stage2_ldm_phantom"
     assert ft["decay_steps"] == cfg["trainer"]["max_steps"] and ft["level_lr"] > ft["lr"]
     assert checkpoint_dirs(cfg) == ["runs/stage2/ldm_levels_ft/checkpoints"]
+
+
+def test_one_hour_lat12_pair_resolves_as_documented() -> None:
+    """phantom_lat12_1h.yaml: the 12-channel recipe (soft-tissue weight 8, lr 2e-3) with its cosine
+    over 6,500 steps in channels-last format, to its own artifact and run folder; the LDM overlay
+    trains on exactly that artifact (and names the VAE stack that makes it)."""
+    cfg = resolved("vae", ["phantom_lat12_1h"])
+    vae = cfg["model"]["init_args"]
+    assert vae["vae"]["latent_channels"] == 12 and vae["soft_weight"] == 8.0 and vae["lr"] == pytest.approx(2e-3)
+    assert vae["decay_steps"] == cfg["trainer"]["max_steps"] == 6500 and vae["channels_last"]
+    assert vae["export_path"] == "weights/stage2_vae_phantom_lat12_1h" and not vae["freeze_encoder"]
+    assert checkpoint_dirs(cfg) == ["runs/stage2/vae_phantom_lat12_1h/checkpoints"]
+
+    ldm_cfg = resolved("ldm", ["phantom_lat12_1h"])
+    ldm = ldm_cfg["model"]["init_args"]
+    assert ldm["vae_path"] == vae["export_path"] and ldm["latent_channels"] == 12
+    assert ldm["vae_config"] == ["stage2_ct/configs/vae/phantom.yaml", "stage2_ct/configs/vae/phantom_lat12_1h.yaml"]
+    assert ldm["export_path"] == "weights/stage2_ldm_phantom_lat12_1h"
+    assert checkpoint_dirs(ldm_cfg) == ["runs/stage2/ldm_phantom_lat12_1h/checkpoints"]
