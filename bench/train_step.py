@@ -57,7 +57,8 @@ def vae_step(latent_channels: int, channels_last: bool) -> Callable[[], None]:
     def step() -> None:
         x = module._image(batch)
         x_rec, mu, logvar = module.vae(x)
-        loss = module.reconstruction_loss(x_rec, x) + 1e-6 * kl_divergence(mu.float(), logvar.float())
+        kl = kl_divergence(mu.float(), logvar.float())
+        loss = module.reconstruction_loss(x_rec, x) + module.hparams.kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
