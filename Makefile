@@ -13,7 +13,7 @@ N_CASES ?= 1000
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-slow demo data train-text train-stage1 train-vae finetune-vae train-stage2 \
+.PHONY: help setup test test-slow demo data train-text train-stage1 train-vae train-stage2 \
         generate evaluate bench lint clean
 
 help: ## List the targets
@@ -52,16 +52,6 @@ train-stage1: setup $(DATA)/manifest.jsonl ## Train the stage-1 mask sampler on 
 
 train-vae: setup $(DATA)/manifest.jsonl ## Train the CT slice VAE on the phantom (resumable)
 	$(PY) -m stage2_ct fit -c stage2_ct/configs/vae/phantom.yaml
-
-# finetune-vae: one decoder-only cosine, then a second one in the two parts of the shipped run
-# (phantom_decoder_ft2.yaml says why), then a short third one (phantom_decoder_ft3.yaml)
-VAE_FT = -c stage2_ct/configs/vae/phantom.yaml -c stage2_ct/configs/vae/phantom_decoder_ft.yaml
-finetune-vae: setup $(DATA)/manifest.jsonl ## Decoder-only fine-tuning of weights/stage2_vae_phantom (encoder frozen: LDMs stay valid; resumable)
-	$(PY) -m stage2_ct fit $(VAE_FT)
-	$(PY) -m stage2_ct fit $(VAE_FT) -c stage2_ct/configs/vae/phantom_decoder_ft2.yaml \
-	    --trainer.max_steps 1500 --model.decay_steps 8000
-	$(PY) -m stage2_ct fit $(VAE_FT) -c stage2_ct/configs/vae/phantom_decoder_ft2.yaml
-	$(PY) -m stage2_ct fit $(VAE_FT) -c stage2_ct/configs/vae/phantom_decoder_ft3.yaml
 
 train-stage2: setup $(DATA)/manifest.jsonl ## Train the VAE (if no artifact is given), then the slice LDM
 	$(PY) -m stage2_ct fit -c stage2_ct/configs/ldm/phantom.yaml
