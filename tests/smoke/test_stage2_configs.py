@@ -128,7 +128,8 @@ def test_ldm_latent_channels_match_its_vae_stack(extra: list[str]) -> None:
 
 def test_shipped_weights_match_the_phantom_configs() -> None:
     """The committed stage-2 artifacts are what the phantom configs build: the VAE's net, the LDM's
-    latent channels and UNet widths, and the components the LDM names exist beside it."""
+    latent channels, UNet widths and inference defaults, and the components the LDM names exist
+    beside it."""
     from shared.io.artifact import read_component_spec
 
     weights = CONFIGS.parents[1] / "weights"
@@ -142,5 +143,7 @@ def test_shipped_weights_match_the_phantom_configs() -> None:
     assert meta["latent_channels"] == ldm_cfg["latent_channels"] == vae_spec["metadata"]["latent_channels"]
     assert ldm_spec["init_args"]["channels"] == ldm_cfg["unet_overrides"]["channels"]
     assert meta["vae"] == "stage2_vae_phantom" and meta["trained_steps"] == 8500
+    for key in ("aug_t", "aug_max_t", "guidance", "noise_corr", "sample_steps", "level_sigma"):
+        assert meta[key] == ldm_cfg[key], f"inference default {key}: artifact {meta[key]} != config {ldm_cfg[key]}"
     for name in (meta["text_encoder"], meta["class_embed"]):
         assert (weights / f"{name}.safetensors").is_file() and (weights / f"{name}.yaml").is_file(), name
