@@ -39,35 +39,33 @@ def build_module(ldm: str | None, vae: str | None):
     import yaml
 
     from shared.vae.autoencoder import SliceAutoencoder
-    from stage2_ct.ldm_module import SliceLDMModule, load_slice_ldm
+    from stage2_ct.generator import load_slice_ldm
+    from stage2_ct.ldm_module import SliceLDMModule
 
     if ldm and Path(ldm).with_suffix(".safetensors").is_file():
-        module = load_slice_ldm(ldm, vae_path=vae)
-        return module, module.vae, "trained artifacts"
+        return load_slice_ldm(ldm, vae_path=vae), "trained artifacts"
     cfg = yaml.safe_load((ROOT / "stage2_ct/configs/ldm/phantom.yaml").read_text())["model"]["init_args"]
     vcfg = yaml.safe_load((ROOT / "stage2_ct/configs/vae/phantom.yaml").read_text())["model"]["init_args"]
-    module = SliceLDMModule(vae_path=None, vae_config=None, unet_overrides=cfg["unet_overrides"],
-                            text_encoder=cfg["text_encoder"], scheduler=cfg["scheduler"]).eval()
-    return module, SliceAutoencoder(**vcfg["vae"]).eval(), "random weights, phantom config"
+    keep = ("latent_channels", "unet_overrides", "text_encoder", "scheduler", "pooled_text", "class_embed_dim")
+    module = SliceLDMModule(vae_path=None, vae_config=None, **{k: cfg[k] for k in keep}).eval()
+    return module.generator(SliceAutoencoder(**vcfg["vae"]).eval()), "random weights, phantom config"
 
 
-def time_config(module, vae, steps: int, batch: int, cfg: bool, bf16: bool, batch_cfg: bool,
+def time_config(module, steps: int, batch: int, cfg: bool, bf16: bool, batch_cfg: bool,
                 n_slices: int, repeats: int = 1) -> float:
     """Seconds per slice of one volume (wall time / (n_slices), batch volumes at once / batch);
     the median over `repeats` timed runs (this VM's timings wander by ~10 % between runs)."""
-    from stage2_ct.generate import generate_volume
-
     masks = torch.zeros(batch, 128, 128, n_slices, dtype=torch.long)
     masks[:, 30:90, 30:90] = 4
     texts = ["tumor: none. spleen: normal. liver: normal. kidneys: both present. bladder: normal. "
              "phase: portal venous."] * batch
     g = torch.Generator().manual_seed(0)
     kw = dict(steps=steps, guidance=1.5 if cfg else 1.0, autocast=bf16, batch_cfg=batch_cfg)
-    generate_volume(module, vae, masks[..., :1], texts, g, **{**kw, "steps": 1})  # warm-up
+    module.generate(masks[..., :1], texts, g, **{**kw, "steps": 1})  # warm-up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        generate_volume(module, vae, masks, texts, g, **kw)
+        module.generate(masks, texts, g, **kw)
         times.append((time.perf_counter() - t0) / n_slices / batch)
     return statistics.median(times)
 
@@ -90,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--repeats must be >= 1")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    module, vae, weights = build_module(args.ldm, args.vae)
+    module, weights = build_module(args.ldm, args.vae)
     with torch.no_grad():
         n_params = sum(x.numel() for x in module.denoiser.parameters())
     rows = []
@@ -113,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         if key in seen:
             continue
         seen.add(key)
-        s_slice = time_config(module, vae, timed, batch, cfg, bf16, bcfg, args.slices, args.repeats) * steps / timed
+        s_slice = time_config(module, timed, batch, cfg, bf16, bcfg, args.slices, args.repeats) * steps / timed
         row = {"sampler": label, "steps": steps, "timed_steps": timed, "batch": batch, "cfg": cfg,
                "precision": "bf16" if bf16 else "fp32", "s_per_slice": s_slice,
                "s_per_volume": s_slice * N_SLICES_VOLUME, "extrapolated": timed != steps}

@@ -4,7 +4,7 @@ the speed and the device handling do not depend on the training).
 Checks: (1) one fp32 forward of each network gives the same output on the CPU and the GPU (TF32
 off); (2) `sample_masks` on the GPU with bf16 autocast and size control returns finite
 probabilities and the reported tumour voxel count ("argmax" mode; the largest difference is
-reported: float rounding at the threshold can move a voxel or two); (3) `generate_volume`
+reported: float rounding at the threshold can move a voxel or two); (3) `SliceGenerator.generate`
 on the GPU returns finite HU in [-1000, 1000] of the mask's shape, on the masks' device; (4) a CPU
 generator drives GPU sampling with the CPU's draws (fp32: labels agree, HU close to the CPU run's);
 (5) organ level harmonisation (`stage2_ct.harmonize`) gives the same HU on the GPU as on the CPU.
@@ -33,7 +33,6 @@ from shared.runtime import bf16_is_fast  # noqa: E402
 from shared.vae.autoencoder import SliceAutoencoder  # noqa: E402
 from stage1_mask.sampler import MaskSampler, sample_masks  # noqa: E402
 from stage1_mask.size import target_tumor_voxels  # noqa: E402
-from stage2_ct.generate import generate_volume  # noqa: E402
 from stage2_ct.harmonize import harmonize_levels, organ_ids  # noqa: E402
 from stage2_ct.ldm_module import SliceLDMModule  # noqa: E402
 
@@ -120,21 +119,19 @@ def stage2(device: torch.device, steps: int, batch: int) -> dict:
         return module.denoiser(inp["x"], inp["t"], **{k: inp[k] for k in extra}, **{k: inp[k] for k in text})
 
     rel = _max_diff(fwd, {"x": torch.randn(2, c, 32, 32), "t": torch.tensor([10, 900]), **extra, **text}, device)
-    module.to(device)
-    vae.to(device)
+    gen = module.generator(vae).to(device)
     masks = torch.randint(0, 12, (batch, 128, 128, 80), device=device)
-    generate_volume(module, vae, masks[:, :, :, :2], PROMPTS[:batch], torch.Generator(device).manual_seed(0),
+    gen.generate(masks[:, :, :, :2], PROMPTS[:batch], torch.Generator(device).manual_seed(0),
                     steps=2, guidance=1.5)  # warm-up
     _sync(device)
     t0 = time.perf_counter()
-    hu = generate_volume(module, vae, masks, PROMPTS[:batch], torch.Generator(device).manual_seed(1),
+    hu = gen.generate(masks, PROMPTS[:batch], torch.Generator(device).manual_seed(1),
                          steps=steps, guidance=1.5)
     _sync(device)
     sec = (time.perf_counter() - t0) / batch
     small = torch.randint(0, 12, (2, 128, 128, 3))  # on the CPU: the output must come back there
-    on_cpu = generate_volume(module, vae, small[..., :1], PROMPTS[:2], None, steps=1).device.type == "cpu"
-    diff = _same_draws(lambda g: generate_volume(module, vae, small, PROMPTS[:2], g, steps=2, autocast=False),
-                       (module, vae), device)
+    on_cpu = gen.generate(small[..., :1], PROMPTS[:2], None, steps=1).device.type == "cpu"
+    diff = _same_draws(lambda g: gen.generate(small, PROMPTS[:2], g, steps=2, autocast=False), (gen,), device)
     return {"fp32_rel_max_diff_cpu_vs_gpu": rel, "shape_ok": list(hu.shape) == list(masks.shape),
             "output_on_masks_device": on_cpu, "cpu_generator_hu_max_diff_cpu_vs_gpu": diff,
             "hu_finite_in_range": bool(torch.isfinite(hu).all() and hu.min() >= -1000 and hu.max() <= 1000),

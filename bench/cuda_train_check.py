@@ -32,9 +32,7 @@ from shared.io.nifti import read_nifti  # noqa: E402
 from stage1_mask import cli as cli1  # noqa: E402
 from stage1_mask.sampler import sample_masks  # noqa: E402
 from stage2_ct import cli as cli2  # noqa: E402
-from stage2_ct.generate import generate_volume  # noqa: E402
-from stage2_ct.ldm_module import load_slice_ldm  # noqa: E402
-from stage2_ct.vae_module import load_vae  # noqa: E402
+from stage2_ct.generator import load_slice_ldm  # noqa: E402
 
 log = logging.getLogger("cuda_train_check")
 TEXTS = ["tumor: sigmoid colon 40 mm. spleen: normal. phase: portal venous.",
@@ -87,11 +85,10 @@ def main() -> None:
                           f"--trainer.default_root_dir={work / 'ldm_run'}", *trainer])
     res["ldm"] = _fit_summary(run, a.steps)
 
-    vae = load_vae(work / "vae").to(device).eval()
     module = load_slice_ldm(work / "ldm").to(device).eval()
     rows = read_manifest(manifest)[:2]
     masks = torch.stack([torch.from_numpy(read_nifti(r.label)[0]).long() for r in rows]).to(device)
-    hu = generate_volume(module, vae, masks, TEXTS, torch.Generator(device).manual_seed(0), steps=2)
+    hu = module.generate(masks, TEXTS, torch.Generator(device).manual_seed(0), steps=2)
     res["generate"] = {"shape_ok": list(hu.shape) == list(masks.shape), "device": hu.device.type,
                        "finite_in_range": bool(torch.isfinite(hu).all() and hu.min() >= -1000 and hu.max() <= 1000)}
     log.info("%s", json.dumps(res, indent=1))

@@ -38,14 +38,13 @@ def load_or_generate(split: str, cache: Path | None) -> dict[str, np.ndarray]:
     from shared.labels import default_labels
     from stage2_ct.data import load_cases
     from stage2_ct.evaluate import phantom_ct, phantom_grid
-    from stage2_ct.generate import generate_volume
-    from stage2_ct.ldm_module import load_slice_ldm
+    from stage2_ct.generator import load_slice_ldm
 
     man = ROOT / "data/phantom/manifest.jsonl"
     module = load_slice_ldm(ROOT / "weights/stage2_ldm_phantom")
     store = load_cases(man, split, 16, default_labels(), (2, 2, 2))
     findings = {e.case_id: e.findings for e in read_manifest(man, split=split)}
-    gen = [generate_volume(module, module.vae, store.labels[s : s + 8], store.summaries[s : s + 8],
+    gen = [module.generate(store.labels[s : s + 8], store.summaries[s : s + 8],
                            torch.Generator().manual_seed(s), level_sigma=0.0).numpy() for s in (0, 8)]
     grid = phantom_grid(man.parent)
     fs = [findings[c] for c in store.case_ids]

@@ -285,8 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.n == 0:
         (out / "eval.json").write_text(json.dumps(report, indent=1))
         return 0
-    steps = args.steps or meta.get("default_steps", 25)
-    guidance = meta.get("default_guidance", 2.0) if args.guidance is None else args.guidance
+    steps = args.steps or sampler.sampling.steps
+    guidance = sampler.sampling.guidance if args.guidance is None else args.guidance
     cases = [c for c in cases_all if c.split == args.split][: args.n]
     texts = [c.findings.summary() for c in cases]
     report.update(n=len(cases), steps=steps, guidance=guidance, prior_correction=args.prior_correction,

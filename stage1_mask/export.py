@@ -16,7 +16,7 @@ import torch
 
 from shared.io.artifact import read_component_spec
 from stage1_mask.module import MaskDiffusionModule
-from stage1_mask.sampler import export_stage1
+from stage1_mask.sampler import MaskSampling, export_stage1
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     module = module_from_checkpoint(args.ckpt)
     meta = module.artifact_metadata()
-    if args.steps is not None:
-        meta["default_steps"] = args.steps
-    if args.guidance is not None:
-        meta["default_guidance"] = args.guidance
-    if args.prior_correction is not None:
-        meta["default_prior_correction"] = args.prior_correction
-    if args.size_control is not None:
-        meta["default_size_control"] = False if args.size_control == "off" else args.size_control
+    size = {None: None, "off": False}.get(args.size_control, args.size_control)
+    inference = MaskSampling(steps=module.hparams.sample_steps, guidance=module.hparams.sample_guidance).override(
+        steps=args.steps, guidance=args.guidance, prior_correction=args.prior_correction, size_control=size)
     meta["trained_steps"] = module.trained_steps
     meta["weights"] = "raw" if args.raw else "ema"
-    stem = export_stage1(module.model if args.raw else module.ema_model, args.out, meta, args.text_artifact, half=not args.fp32)
+    stem = export_stage1(module.model if args.raw else module.ema_model, args.out, meta, args.text_artifact,
+                         half=not args.fp32, inference=inference)
     log.info("wrote %s.{safetensors,yaml}", stem)
     return 0
 

@@ -211,5 +211,4 @@ class MaskDiffusionModule(L.LightningModule):
     def artifact_metadata(self) -> dict[str, Any]:
         hp = self.hparams
         return {"grid": self.grid, "spacing": self.spacing, "class_names": hp.class_names,
-                "num_classes": hp.num_classes, "default_steps": hp.sample_steps,
-                "default_guidance": hp.sample_guidance}
+                "num_classes": hp.num_classes}

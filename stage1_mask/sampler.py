@@ -15,15 +15,21 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from shared.diffusion import CategoricalScheduler, random_draw, sample_loop
+from shared.diffusion import CategoricalScheduler, Generators, random_draw, sample_loop
 from shared.findings import Findings
-from shared.io.artifact import load_component, read_component_spec, save_component
+from shared.io.artifact import (
+    InferenceDefaults,
+    load_component,
+    read_component_spec,
+    save_component,
+)
 from shared.labels import default_labels
 from shared.nets import build_unet
 from shared.runtime import bf16_is_fast
@@ -33,6 +39,22 @@ from stage1_mask.size import match_class_volume, target_tumor_voxels
 log = logging.getLogger(__name__)
 
 Context = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # tokens (B, L, W), mask (B, L), pooled (B, E)
+
+
+@dataclass(frozen=True)
+class MaskSampling(InferenceDefaults):
+    """`sample_masks` defaults: the artifact's `inference:` block (these class values where it has none).
+
+    steps: categorical sampling steps; guidance: CFG weight on the x0 logits (1 = conditional only);
+    prior_correction: strength of the logit adjustment that undoes the training class weights;
+    size_control: tumour volume control mode of stage1_mask.size ("per_tumour", "argmax",
+    "expected") or False (off).
+    """
+
+    steps: int = 25
+    guidance: float = 3.0
+    prior_correction: float = 1.0
+    size_control: bool | str = False
 
 
 class MaskSampler(nn.Module):
@@ -77,6 +99,7 @@ class MaskSampler(nn.Module):
         self.likelihood_skip = bool(likelihood_skip)
         # -log(class loss weight) (K,): the logit adjustment applied when sampling (set in training)
         self.register_buffer("logit_bias", torch.zeros(num_classes))
+        self.sampling = MaskSampling()  # the artifact's inference block once loaded (load_stage1)
         self.config = {"num_classes": num_classes, "unet_preset": unet_preset,
                        "unet_overrides": dict(unet_overrides or {}), "text_encoder": text_encoder,
                        "text_dims": [width, pooled], "scheduler": dict(scheduler or {}),
@@ -110,7 +133,7 @@ class MaskSampler(nn.Module):
         return logits
 
 
-def drop_condition(cond: Context, null: Context, p: float, generator: torch.Generator | None = None) -> Context:
+def drop_condition(cond: Context, null: Context, p: float, generator: Generators = None) -> Context:
     """Replace each sample's condition by the null one with probability p (CFG training)."""
     if p <= 0:
         return cond
@@ -135,9 +158,9 @@ def _sampler_of(module: nn.Module) -> MaskSampler:
 def sample_masks(
     module: nn.Module,
     summaries: Sequence[str | Findings],
-    generator: torch.Generator | None = None,
-    steps: int = 25,
-    guidance: float = 2.0,
+    generator: Generators = None,
+    steps: int | None = None,
+    guidance: float | None = None,
     grid: Sequence[int] | None = None,
     bf16: bool | None = None,
     prior_correction: float | None = None,
@@ -145,18 +168,20 @@ def sample_masks(
 ) -> torch.Tensor:
     """Sample label volumes for `summaries` (strings or Findings) -> probs (B, K, X, Y, Z).
 
-    Labels are `probs.argmax(1)`. CFG pair in one batched forward (guidance w: 1 = conditional
-    only, 0 = unconditional); bf16 autocast on the module's device when `bf16` (None = where bf16
-    is fast there: shared.runtime.bf16_is_fast).
+    Labels are `probs.argmax(1)`. Every setting left None is the sampler's `sampling` default
+    (`MaskSampling`: the artifact's `inference:` block). CFG pair in one batched forward (guidance
+    w: 1 = conditional only, 0 = unconditional); bf16 autocast on the module's device when `bf16`
+    (None = where bf16 is fast there: shared.runtime.bf16_is_fast).
     `prior_correction` scales the logit adjustment -log w_k that undoes the class weights of the
-    training loss (1 = full correction, 0 = the raw, weight-inflated logits; None = the artifact's
-    `default_prior_correction`, else 1). `size_control`: at every step, shift the tumour
-    logit of each sample so that its tumour volume equals the sizes its text reports
-    (`stage1_mask.size`: "per_tumour" (= True), "argmax", "expected"; False = off; None = the
-    artifact's `default_size_control`, else off). `grid` defaults
-    to the artifact / module grid. The generator drives every random draw (reproducible).
+    training loss (1 = full correction, 0 = the raw, weight-inflated logits). `size_control`: at
+    every step, shift the tumour logit of each sample so that its tumour volume equals the sizes
+    its text reports (`stage1_mask.size`: "per_tumour" (= True), "argmax", "expected"; False =
+    off). `grid` defaults to the artifact / module grid. `generator`: one generator drives every
+    random draw, or one generator per sample makes each sample independent of its batch.
     """
     sampler = _sampler_of(module)
+    defaults = getattr(sampler, "sampling", MaskSampling())
+    steps, guidance = defaults.steps if steps is None else steps, defaults.guidance if guidance is None else guidance
     grid = list(grid or getattr(module, "grid", None) or getattr(sampler, "artifact_metadata", {}).get("grid"))
     device = next(sampler.parameters()).device
     bf16 = bf16_is_fast(device) if bf16 is None else bf16
@@ -169,7 +194,7 @@ def sample_masks(
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
                 else contextlib.nullcontext())
     if prior_correction is None:
-        prior_correction = getattr(sampler, "artifact_metadata", {}).get("default_prior_correction", 1.0)
+        prior_correction = defaults.prior_correction
     bias = (prior_correction * sampler.logit_bias).view(1, k, *([1] * len(grid)))
 
     def model_fn(x: torch.Tensor, t: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
@@ -177,7 +202,7 @@ def sample_masks(
 
     output_fn = None
     if size_control is None:
-        size_control = getattr(sampler, "artifact_metadata", {}).get("default_size_control", False)
+        size_control = defaults.size_control
     if size_control:
         mode = size_control if isinstance(size_control, str) else "per_tumour"
         target = target_tumor_voxels(summaries, _spacing_of(module, sampler))  # (B, M) voxels, NaN = free
@@ -223,9 +248,11 @@ def export_stage1(
     metadata: dict[str, Any],
     text_encoder_artifact: str | None = None,
     half: bool = True,
+    inference: MaskSampling | None = None,
 ) -> Path:
     """Write the sampler as a component artifact (UNet + text encoder unless it is an external
-    artifact, named in the metadata). `half`: store weights as float16 (load converts back)."""
+    artifact, named in the metadata) with `inference` (default: the sampler's `sampling`) as its
+    `inference:` block. `half`: store weights as float16 (load converts back)."""
     import copy
 
     sampler = copy.deepcopy(sampler).cpu()
@@ -238,12 +265,13 @@ def export_stage1(
     if half:
         sampler.half()
     meta = {**metadata, "text_encoder_artifact": text_encoder_artifact}
-    return save_component(sampler, path, init_args=config, metadata=meta)
+    inference = inference or sampler.sampling
+    return save_component(sampler, path, init_args=config, metadata=meta, inference=inference.to_dict())
 
 
 def load_stage1(path: str | Path, map_location: str | torch.device = "cpu") -> MaskSampler:
     """`sampler = load_stage1("weights/stage1_phantom")`: the float32, eval-mode MaskSampler with
-    `artifact_metadata` (grid, spacing, class_names, default steps / guidance, ...)."""
+    `artifact_metadata` (grid, spacing, class_names, ...) and `sampling` (its inference block)."""
     spec = read_component_spec(path)
     # float16-stored weights are copied into the float32 parameters by load_state_dict
     sampler: MaskSampler = load_component(path, map_location=map_location).eval()  # type: ignore[assignment]
@@ -256,4 +284,5 @@ def load_stage1(path: str | Path, map_location: str | torch.device = "cpu") -> M
         sampler.attach_text_encoder(encoder.set_frozen(True))
     sampler.text_encoder.set_frozen(True)
     sampler.grid = list(sampler.artifact_metadata["grid"])
+    sampler.sampling = MaskSampling.from_block(spec["inference"], f"{Path(path).with_suffix('.yaml')}: inference")
     return sampler

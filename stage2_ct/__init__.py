@@ -1,2 +1,2 @@
-"""Stage 2: CT slice autoencoder training (VAEModule) and the conditional slice latent diffusion
-model (SliceLDMModule, generate_volume). Imports only `shared`."""
+"""Stage 2: CT slice autoencoder training (VAEModule), the conditional slice latent diffusion
+model (SliceLDMModule) and its inference component (SliceGenerator). Imports only `shared`."""

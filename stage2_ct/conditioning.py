@@ -9,8 +9,7 @@ context (B, L, D) + mask (B, L):        text tokens of Findings.summary() (cross
 Text-painted class map (`ClassTextEmbedding`): the pooled text embedding (B, E) is mapped to one
 d-vector per class (B, K, d) and painted onto the mask fractions, map = sum_k seg_k * v_k(text)
 (B, d, h, w): what each organ should look like under this report (contrast phase, fatty liver) as
-a spatial input at the organ's own pixels; optionally plus each class's per-volume level
-(stage2_ct.levels), the same for every slice of a volume. Without it the network must combine a global text
+a spatial input at the organ's own pixels. Without it the network must combine a global text
 vector with the mask itself, and it learned to copy the previous slice's organ levels instead (the
 same mask as "fatty" and "normal" liver: -3 HU apart, the phantom -36 HU).
 
@@ -28,7 +27,7 @@ import torch
 from torch import nn
 
 from shared.data.downsample import label_fractions
-from shared.diffusion import GaussianScheduler, random_draw
+from shared.diffusion import GaussianScheduler, Generators, random_draw
 from shared.text.encoder import trim_context
 
 
@@ -39,7 +38,7 @@ def mask_to_latent_grid(labels: torch.Tensor, latent_hw: tuple[int, int], num_cl
 
 def augment_prev(
     scheduler: GaussianScheduler, prev: torch.Tensor, level: torch.Tensor,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """Noise the previous latent (B, C, h, w) to integer levels (B,) (level -1 = clean)."""
     noise = random_draw("normal", tuple(prev.shape), generator, prev.device, prev.dtype)
@@ -47,33 +46,21 @@ def augment_prev(
 
 
 class ClassTextEmbedding(nn.Module):
-    """Pooled text (B, E) + mask fractions (B, K, h, w) [+ per-volume class levels (B, K)] ->
-    text-painted class map (B, d, h, w).
+    """Pooled text (B, E) + mask fractions (B, K, h, w) -> text-painted class map (B, d, h, w)."""
 
-    With `levels`, class k's vector is v_k(text) + delta_k u_k: the volume's standardised level of
-    the class (stage2_ct.levels) along a learned direction u_k, zero at initialisation (a class map
-    trained without levels loads into one with them and starts out the same).
-    """
-
-    def __init__(self, text_dim: int, num_classes: int, dim: int, levels: bool = False) -> None:
+    def __init__(self, text_dim: int, num_classes: int, dim: int) -> None:
         super().__init__()
         self.num_classes, self.dim = num_classes, dim
         self.proj = nn.Sequential(nn.Linear(text_dim, text_dim), nn.SiLU(), nn.Linear(text_dim, num_classes * dim))
-        self.level_dirs = nn.Parameter(torch.zeros(num_classes, dim)) if levels else None
 
-    def forward(self, pooled: torch.Tensor, seg: torch.Tensor, levels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, pooled: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         v = self.proj(pooled.to(self.proj[0].weight.dtype)).reshape(-1, self.num_classes, self.dim)  # (B, K, d)
-        if self.level_dirs is not None:
-            if levels is None:
-                raise ValueError("this class map paints per-volume levels: pass levels (B, K)")
-            v = v + levels.to(v.dtype)[..., None] * self.level_dirs  # (B, K, d)
         return torch.einsum("bkhw,bkd->bdhw", seg.to(v.dtype), v)
 
 
 class SliceDenoiser(nn.Module):
     """Wraps the UNet with the input layout above: forward(x_t, t, prev, seg, position, level,
-    context, context_mask, pooled, levels) -> model output (B, C, h, w). `class_embed` (optional)
-    needs `pooled`, and `levels` (B, K) where it paints per-volume levels."""
+    context, context_mask, pooled) -> model output (B, C, h, w). `class_embed` (optional) needs `pooled`."""
 
     def __init__(self, unet: nn.Module, num_train_timesteps: int,
                  class_embed: ClassTextEmbedding | None = None) -> None:
@@ -86,13 +73,12 @@ class SliceDenoiser(nn.Module):
         self, x: torch.Tensor, t: torch.Tensor, prev: torch.Tensor, seg: torch.Tensor,
         position: torch.Tensor, level: torch.Tensor, context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None, pooled: torch.Tensor | None = None,
-        levels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         inputs = [x, prev.to(x.dtype), seg.to(x.dtype)]
         if self.class_embed is not None:
             if pooled is None:
                 raise ValueError("the text-painted class map needs the pooled text embedding")
-            inputs.append(self.class_embed(pooled, seg, levels).to(x.dtype))  # (B, d, h, w)
+            inputs.append(self.class_embed(pooled, seg).to(x.dtype))  # (B, d, h, w)
         inp = torch.cat(inputs, dim=1)  # (B, 2C + K [+ d], h, w)
         parts = [position.reshape(-1, 1).float(), (level.float().reshape(-1, 1) + 1) / self.num_train_timesteps]
         if pooled is not None:
@@ -102,6 +88,25 @@ class SliceDenoiser(nn.Module):
 
 
 TEXT_KEYS = ("context", "context_mask", "pooled")
+
+
+def text_inputs(encoder: nn.Module, texts: list[str], pooled_text: bool,
+                drop: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
+    """Denoiser text inputs: context tokens (B, L, D), context_mask (B, L), pooled (B, E) or None
+    (without `pooled_text`); rows where `drop` (B,) is True get the null context (CFG training)."""
+    tokens, mask, pooled = encoder.encode(list(texts))
+    if drop is not None and drop.any():
+        null_tok, null_mask, null_pooled = encoder.null_context(len(texts))
+        tokens = torch.where(drop[:, None, None], null_tok.to(tokens.dtype), tokens)
+        mask = torch.where(drop[:, None], null_mask, mask)
+        pooled = torch.where(drop[:, None], null_pooled.to(pooled.dtype), pooled)
+    return {"context": tokens, "context_mask": mask, "pooled": pooled if pooled_text else None}
+
+
+def null_text_inputs(encoder: nn.Module, batch: int, pooled_text: bool) -> dict[str, torch.Tensor | None]:
+    """The null (unconditional) text inputs of `batch` samples."""
+    tokens, mask, pooled = encoder.null_context(batch)
+    return {"context": tokens, "context_mask": mask, "pooled": pooled if pooled_text else None}
 
 
 def trim_text_inputs(*texts: dict) -> list[dict]:

@@ -32,7 +32,6 @@ from shared.data.transforms import hu_to_model
 from shared.io.atomic import atomic_path
 from shared.io.nifti import read_nifti, reorient_to_ras
 from shared.labels import LabelTable, load_label_table
-from stage2_ct.levels import LevelBank, organ_levels
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +116,10 @@ class ImageSlices(Dataset):
 
 
 class LatentPairs(Dataset):
-    """(case, k) -> latent k, latent k-1 (zeros for k = 0), labels k, position, summary and the
-    case's standardised class levels (K,) (stage2_ct.levels; left out where `levels` is None)."""
+    """(case, k) -> latent k, latent k-1 (zeros for k = 0), labels k, position and summary."""
 
-    def __init__(self, latents: torch.Tensor, store: CaseStore, levels: torch.Tensor | None = None) -> None:
+    def __init__(self, latents: torch.Tensor, store: CaseStore) -> None:
         self.latents, self.store = latents, store  # latents (N, Z, C, h, w)
-        self.levels = levels  # (N, K) or None
         n, z = latents.shape[:2]
         self.index = [(i, k) for i in range(n) for k in range(z)]
 
@@ -134,15 +131,12 @@ class LatentPairs(Dataset):
         z_count = self.latents.shape[1]
         latent = self.latents[i, k].float()
         prev = self.latents[i, k - 1].float() if k > 0 else torch.zeros_like(latent)
-        item = {
+        return {
             "latent": latent, "prev": prev,
             "labels": self.store.labels[i, :, :, k].long(),  # (H, W)
             "position": torch.tensor([k / max(1, z_count - 1)], dtype=torch.float32),
             "text": self.store.summaries[i],
         }
-        if self.levels is not None:
-            item["levels"] = self.levels[i]
-        return item
 
 
 @torch.no_grad()
@@ -199,8 +193,6 @@ class SliceDataModule(L.LightningDataModule):
         self.val_store: CaseStore | None = None
         self.train_latents: torch.Tensor | None = None
         self.val_latents: torch.Tensor | None = None
-        self.level_bank: LevelBank | None = None  # "pairs": per-volume class levels (stage2_ct.levels)
-        self.levels: dict[str, torch.Tensor] = {}
 
     @property
     def num_classes(self) -> int:
@@ -217,21 +209,6 @@ class SliceDataModule(L.LightningDataModule):
                 raise ValueError("SliceDataModule(mode='pairs') needs vae_path (a VAE artifact)")
             self.train_latents = self._latents(self.train_store, "train")
             self.val_latents = self._latents(self.val_store, "val")
-
-    def fit_levels(self) -> LevelBank:
-        """Per-volume class levels of every case and the training volumes' level bank
-        (stage2_ct.levels), computed once (~0.25 s per 128 x 128 x 80 case) when a model asks
-        for them (`SliceLDMModule(organ_levels=True)` in its setup); the pairs then carry them."""
-        if self.level_bank is None:
-            if self.train_store is None:
-                raise RuntimeError("SliceDataModule.fit_levels needs setup() first")
-            k = self.num_classes
-            raw = {"train": organ_levels(self.train_store.hu, self.train_store.labels, k),
-                   "val": organ_levels(self.val_store.hu, self.val_store.labels, k)}
-            self.level_bank = LevelBank.fit(raw["train"], self.train_store.summaries)
-            self.levels = {"train": self.level_bank.standardize(raw["train"], self.train_store.summaries),
-                           "val": self.level_bank.standardize(raw["val"], self.val_store.summaries)}
-        return self.level_bank
 
     def _latents(self, store: CaseStore, split: str) -> torch.Tensor:
         from stage2_ct.vae_module import load_vae
@@ -263,8 +240,7 @@ class SliceDataModule(L.LightningDataModule):
             if train:
                 return ImageSlices(store, crop=self.hparams.crop)
             return ImageSlices(store, slice_stride=self.hparams.val_slice_stride)
-        split = "train" if train else "val"
-        return LatentPairs(self.train_latents if train else self.val_latents, store, self.levels.get(split))
+        return LatentPairs(self.train_latents if train else self.val_latents, store)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self._dataset(True), batch_size=self.hparams.batch_size, shuffle=True,

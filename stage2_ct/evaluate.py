@@ -54,7 +54,6 @@ from stage2_ct.eval_metrics import (
     volume_stats,
     z_gradient,
 )
-from stage2_ct.generate import generate_volume, sampling_settings
 from stage2_ct.vae_module import load_vae
 
 log = logging.getLogger(__name__)
@@ -82,17 +81,17 @@ def phantom_ct(root: Path, case_id: str, f: Findings, grid, expectation: bool = 
 
 
 def sampling_args(args) -> dict[str, Any]:
-    """generate_volume's sampling settings from the command line (None = the model's default)."""
-    return {"steps": args.steps, "guidance": args.guidance, "aug_t": args.aug_t, "noise_corr": args.noise_corr,
-            "levels": args.levels, "level_sigma": args.level_sigma}
+    """SliceGenerator.generate's sampling settings from the command line (None = the model's default)."""
+    return {"steps": args.steps, "guidance": args.guidance, "prev_noise_t": args.prev_noise_t,
+            "noise_corr": args.noise_corr, "level_sigma": args.level_sigma}
 
 
-def run_generation(module, vae, masks, summaries, seed: int, args) -> np.ndarray:
+def run_generation(module, masks, summaries, seed: int, args) -> np.ndarray:
     """(N, X, Y, Z) HU, generated in batches of args.batch volumes, batch i seeded seed + i * batch."""
     outs = []
     for s in range(0, len(summaries), args.batch):
         g = torch.Generator().manual_seed(seed + s)
-        outs.append(generate_volume(module, vae, masks[s : s + args.batch], summaries[s : s + args.batch], g,
+        outs.append(module.generate(masks[s : s + args.batch], summaries[s : s + args.batch], g,
                                     **sampling_args(args)).numpy())
     return np.concatenate(outs)
 
@@ -102,12 +101,10 @@ def evaluate_ldm(module, vae, manifest: Path, store, findings: list[Findings], a
     labels = store.labels.numpy()
     real = store.hu.numpy().astype(np.float32).clip(-1000, 1000)
     t0 = time.time()
-    gen = run_generation(module, vae, store.labels, store.summaries, args.seed, args)
+    gen = run_generation(module, store.labels, store.summaries, args.seed, args)
     gen_s = time.time() - t0
     res: dict[str, Any] = {"n_cases": len(gen),
-                           **sampling_settings(module.hparams, args.steps, args.guidance, args.aug_t, args.noise_corr,
-                                               args.level_sigma),
-                           "levels": args.levels if module.hparams.get("organ_levels") else None,
+                           **module.sampling.override(**sampling_args(args)).to_dict(),
                            "seconds_per_volume": gen_s / len(gen)}
     # organ HU grouped by (phase, fatty), against the phantom's expectation and the own draws
     grid = phantom_grid(manifest.parent)
@@ -168,7 +165,7 @@ def text_experiment(module, vae, manifest: Path, store, findings, n: int, args, 
     grid = phantom_grid(root)
     idx = list(range(min(n, len(findings))))
     masks = store.labels[idx]
-    gen = [run_generation(module, vae, masks, [replace(findings[i], **{field: v}).summary() for i in idx],
+    gen = [run_generation(module, masks, [replace(findings[i], **{field: v}).summary() for i in idx],
                           args.seed + 7, args) for v in values]
     rows = []
     for j, i in enumerate(idx):
@@ -208,7 +205,7 @@ def mask_experiment(module, vae, store, args) -> dict[str, Any]:
     out = []
     for m in masks:
         g = torch.Generator().manual_seed(args.seed + 11)
-        out.append(generate_volume(module, vae, m[None], texts[:1], g, **sampling_args(args))[0].numpy())
+        out.append(module.generate(m[None], texts[:1], g, **sampling_args(args))[0].numpy())
     differ = (masks[0] != masks[1]).numpy()
     d = np.abs(out[0] - out[1])
     return {"mean_abs_diff_where_labels_differ": float(d[differ].mean()),
@@ -296,15 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None,
                    help="CFG weight (default: the model's; 1.25 overshoots the phase effect)")
-    p.add_argument("--aug-t", type=int, default=None,
-                   help="previous-slice augmentation level at inference (default: the model's)")
+    p.add_argument("--prev-noise-t", type=int, default=None,
+                   help="previous-slice noise level at inference (default: the model's)")
     p.add_argument("--noise-corr", type=float, default=None,
                    help="correlation of the initial noise between adjacent slices (default: the model's)")
     p.add_argument("--level-sigma", type=float, default=None,
                    help="organ level harmonisation along z, Gaussian width in slices (0 = off; default: the model's)")
-    p.add_argument("--levels", choices=("bank", "mean"), default="bank",
-                   help="per-volume class levels of a model with organ_levels: drawn from the training "
-                        "volumes of the report's group (bank) or the group's mean (mean)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
@@ -323,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     vae = load_vae(args.vae).to(args.device)
     module = None
     if args.ldm:  # loaded before the VAE evaluation: a broken artifact fails before minutes of work
-        from stage2_ct.ldm_module import load_slice_ldm
+        from stage2_ct.generator import load_slice_ldm
 
         module = load_slice_ldm(args.ldm, vae_path=args.vae).to(args.device)
     vae_res, recon = evaluate_vae(vae, store.hu)

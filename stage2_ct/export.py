@@ -8,17 +8,24 @@ Useful when a run was stopped early. Checkpoints are read with torch.load(weight
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 
 import torch
 
 from stage2_ct.ldm_module import SliceLDMModule, export_ldm
 
+log = logging.getLogger(__name__)
+
 
 def export_checkpoint(ckpt: str, out: str, vae_path: str | None = None) -> None:
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     hp = dict(state["hyper_parameters"])
-    hp = {k: v for k, v in hp.items() if not k.startswith("_")}  # LightningCLI bookkeeping
+    known = inspect.signature(SliceLDMModule.__init__).parameters
+    dropped = sorted(k for k in hp if k not in known and not k.startswith("_"))
+    if dropped:  # options of an older version (e.g. organ_levels), no longer part of the model
+        log.warning("%s: ignoring hyperparameters this version does not have: %s", ckpt, dropped)
+    hp = {k: v for k, v in hp.items() if k in known}  # and no LightningCLI bookkeeping
     if vae_path is not None:
         hp["vae_path"] = vae_path
     module = SliceLDMModule(**hp)

@@ -7,8 +7,9 @@ exist only in the text). DDPM training (v-prediction by default) with text dropo
 classifier-free guidance; the scheduler, UNet and sampling loop are the shared ones.
 
 The VAE is loaded from its artifact in `setup()` (never in `__init__`) and is not part of the
-checkpoint. `export()` writes the UNet + text encoder as component artifacts plus the metadata
-`load_slice_ldm` needs to rebuild this module for inference.
+checkpoint. `export_ldm` writes the UNet, text encoder and class map as component artifacts plus
+the metadata and `inference:` block `stage2_ct.generator.load_slice_ldm` builds the inference
+component (SliceGenerator) from.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ from stage2_ct.conditioning import (
     SliceDenoiser,
     augment_prev,
     mask_to_latent_grid,
+    null_text_inputs,
+    text_inputs,
     trim_text_inputs,
 )
-from stage2_ct.levels import LevelBank
+from stage2_ct.generator import SliceGenerator, SliceSampling, load_ldm_weights
 from stage2_ct.vae_module import load_vae
 
 log = logging.getLogger(__name__)
@@ -55,11 +58,8 @@ class SliceLDMModule(L.LightningModule):
         scheduler: GaussianScheduler init args.
         p_uncond: text dropout (null context) for classifier-free guidance.
         aug_max_t / aug_t: previous-latent augmentation level range in training / at inference.
-        noise_corr / sample_steps / guidance: inference only, `generate_volume`'s defaults for
-            the correlation of the initial noise between adjacent slices (AR(1) along z; 0 =
-            independent), the number of sampling steps and the classifier-free guidance weight.
-        level_sigma: inference only, `generate_volume`'s default organ level harmonisation along
-            z (stage2_ct.harmonize; Gaussian width in slices, 0 = off).
+        noise_corr / sample_steps / guidance / level_sigma: inference only, written to the
+            artifact's `inference:` block with aug_t (stage2_ct.generator.SliceSampling).
         p_prev_drop: probability of training with a zero previous slice at any k.
         lr, text_lr, warmup_steps, decay_steps: AdamW and its warm-up + cosine schedule.
         export_path: where `on_train_end` writes the LDM artifact (None = not exported).
@@ -70,11 +70,6 @@ class SliceLDMModule(L.LightningModule):
             export writes the EMA weights.
         class_embed_dim: d > 0 adds the text-painted class map (d channels; needs pooled_text):
             per-class vectors from the pooled text painted onto the mask (conditioning.py).
-        organ_levels: the class map also paints each class's per-volume level (stage2_ct.levels;
-            needs class_embed_dim > 0): the level bank of the training data is kept in the
-            checkpoint and the artifact, and generation draws levels from it.
-        p_level_drop: probability of training a sample with typical levels (delta = 0).
-        level_lr: learning rate of the level directions (None = lr).
         channels_last: train the denoiser (and its EMA copy) in channels-last memory format (1.25x
             faster steps in fp32 on 2 Intel Xeon threads, bench/train_step.py; off by default so
             the shipped recipe stays as it was trained).
@@ -108,17 +103,12 @@ class SliceLDMModule(L.LightningModule):
         sample_steps: int = 20,
         guidance: float = 1.0,
         level_sigma: float = 0.0,
-        organ_levels: bool = False,
-        p_level_drop: float = 0.1,
-        level_lr: float | None = None,
         channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if class_embed_dim > 0 and not pooled_text:
             raise ValueError("model.class_embed_dim > 0 needs model.pooled_text: true")
-        if organ_levels and class_embed_dim <= 0:
-            raise ValueError("model.organ_levels needs the class map: model.class_embed_dim > 0")
         self.strict_loading = False  # the frozen VAE is not in the checkpoint
         self.text = TextEncoder(**(text_encoder or {}))
         unet_args = {**(unet_overrides or {}), "in_channels": 2 * latent_channels + num_classes + class_embed_dim,
@@ -128,9 +118,7 @@ class SliceLDMModule(L.LightningModule):
         unet, self.unet_args = build_unet(unet_preset, **unet_args)
         self.scheduler_args = dict(scheduler or {})
         self.scheduler = GaussianScheduler(**self.scheduler_args)
-        self.class_embed_args = {"text_dim": self.text.embed_dim, "num_classes": num_classes, "dim": class_embed_dim,
-                                 **({"levels": True} if organ_levels else {})}
-        self.level_bank: LevelBank | None = None  # from the data (fit) or the artifact
+        self.class_embed_args = {"text_dim": self.text.embed_dim, "num_classes": num_classes, "dim": class_embed_dim}
         self.init_trained_steps: int | None = None  # trained_steps of init_from, recorded on export
         class_embed = ClassTextEmbedding(**self.class_embed_args) if class_embed_dim > 0 else None
         self.denoiser = SliceDenoiser(unet, self.scheduler.num_train_timesteps, class_embed)
@@ -147,11 +135,6 @@ class SliceLDMModule(L.LightningModule):
         if dm is not None and getattr(dm, "num_classes", self.hparams.num_classes) != self.hparams.num_classes:
             raise ValueError(f"model.num_classes = {self.hparams.num_classes} but the data's label "
                              f"table has {dm.num_classes} classes")
-        if self.hparams.organ_levels and stage == "fit":
-            if not hasattr(dm, "fit_levels"):
-                raise ValueError("model.organ_levels needs per-volume levels from the data: "
-                                 "SliceDataModule(mode='pairs')")
-            self.level_bank = dm.fit_levels()  # a resumed checkpoint's bank is restored after this
         if self.hparams.text_encoder_artifact and stage == "fit":
             from shared.io.artifact import load_component
 
@@ -186,34 +169,36 @@ class SliceLDMModule(L.LightningModule):
         state = checkpoint["state_dict"]
         for k in [k for k in state if k.startswith("vae.")]:
             del state[k]
-        if self.level_bank is not None:
-            checkpoint["level_bank"] = self.level_bank.to_dict()
         checkpoint["init_trained_steps"] = self.init_trained_steps  # an in-place fine-tune's start
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "level_bank" in checkpoint:
-            self.level_bank = LevelBank.from_dict(checkpoint["level_bank"])
         if "init_trained_steps" in checkpoint:
             self.init_trained_steps = checkpoint["init_trained_steps"]
 
     # ------------------------------------------------------------------ conditioning
     def encode_text(self, texts: list[str], drop: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
-        """Denoiser text inputs: context tokens (B, L, D), context_mask (B, L), pooled (B, E) or
-        None (`pooled_text` off); rows where `drop` is True get the null context."""
-        tokens, mask, pooled = self.text.encode(list(texts))
-        if drop is not None and drop.any():
-            null_tok, null_mask, null_pooled = self.text.null_context(len(texts))
-            tokens = torch.where(drop[:, None, None], null_tok.to(tokens.dtype), tokens)
-            mask = torch.where(drop[:, None], null_mask, mask)
-            pooled = torch.where(drop[:, None], null_pooled.to(pooled.dtype), pooled)
-        return self._text_inputs(tokens, mask, pooled)
+        """Denoiser text inputs (conditioning.text_inputs); rows where `drop` is True get the null context."""
+        return text_inputs(self.text, texts, self.hparams.pooled_text, drop)
 
     def null_text(self, batch: int) -> dict[str, torch.Tensor | None]:
-        return self._text_inputs(*self.text.null_context(batch))
+        return null_text_inputs(self.text, batch, self.hparams.pooled_text)
 
-    def _text_inputs(self, tokens: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor) -> dict[str, Any]:
-        return {"context": tokens, "context_mask": mask,
-                "pooled": pooled if self.hparams.pooled_text else None}
+    def generator(self, vae: torch.nn.Module | None = None, ema: bool = True) -> SliceGenerator:
+        """The inference component on this module's weights (the EMA copy where there is one and
+        `ema`), sharing them; `vae` defaults to the module's; sampling defaults from the hparams."""
+        vae = vae if vae is not None else self.vae
+        if vae is None:
+            raise ValueError("no VAE: pass vae or set model.vae_path")
+        use_ema = ema and self.ema is not None
+        denoiser, text = (self.ema["denoiser"], self.ema["text"]) if use_ema else (self.denoiser, self.text)
+        return SliceGenerator(denoiser, text, vae, self.scheduler, self.hparams.num_classes,
+                              self.hparams.latent_channels, self.hparams.pooled_text, self.sampling_defaults())
+
+    def sampling_defaults(self) -> SliceSampling:
+        """The inference defaults this module's hparams describe (the artifact's `inference:` block)."""
+        hp = self.hparams
+        return SliceSampling(steps=int(hp.sample_steps), guidance=float(hp.guidance), prev_noise_t=int(hp.aug_t),
+                             noise_corr=float(hp.noise_corr), level_sigma=float(hp.level_sigma))
 
     # ------------------------------------------------------------------ training
     def diffusion_loss(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -229,16 +214,10 @@ class SliceLDMModule(L.LightningModule):
         prev_aug = augment_prev(self.scheduler, prev, level)
         drop = torch.rand(b, device=z0.device) < (hp.p_uncond if self.training else 0.0)
         text, = trim_text_inputs(self.encode_text(batch["text"], drop))
-        levels = None
-        if hp.get("organ_levels"):
-            if "levels" not in batch:
-                raise ValueError("model.organ_levels needs per-volume levels in the batch (SliceDataModule 'pairs')")
-            keep = torch.rand(b, device=z0.device) >= (hp.p_level_drop if self.training else 0.0)
-            levels = batch["levels"].to(z0) * keep[:, None].to(z0)  # (B, K); 0 = typical
         t = torch.randint(0, self.scheduler.num_train_timesteps, (b,), device=z0.device)
         noise = torch.randn_like(z0)
         xt = self.scheduler.add_noise(z0, noise, t)
-        out = self.denoiser(xt, t, prev_aug, seg, batch["position"], level, **text, levels=levels)
+        out = self.denoiser(xt, t, prev_aug, seg, batch["position"], level, **text)
         return F.mse_loss(out.float(), self.scheduler.training_target(z0, noise, t).float())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -269,12 +248,7 @@ class SliceLDMModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        params, level_dirs = [], []
-        for name, p in self.denoiser.named_parameters():
-            (level_dirs if name.endswith("level_dirs") else params).append(p)
-        groups = [{"params": params, "lr": hp.lr}]
-        if level_dirs:
-            groups.append({"params": level_dirs, "lr": hp.get("level_lr") or hp.lr})
+        groups = [{"params": list(self.denoiser.parameters()), "lr": hp.lr}]
         text_params = [p for p in self.text.parameters() if p.requires_grad]
         if text_params:
             groups.append({"params": text_params, "lr": hp.text_lr})
@@ -299,82 +273,23 @@ def export_ldm(module: SliceLDMModule, path: str | Path) -> Path:
         "role": "stage2 slice LDM", "text_encoder": text_stem.name,
         "vae": Path(hp.vae_path).name if hp.vae_path else None,
         "num_classes": hp.num_classes, "latent_channels": hp.latent_channels,
-        "scheduler": module.scheduler_args, "aug_t": hp.aug_t, "aug_max_t": hp.aug_max_t,
-        "noise_corr": float(hp.get("noise_corr", 0.0)), "sample_steps": int(hp.get("sample_steps", 20)),
-        "guidance": float(hp.get("guidance", 1.0)), "level_sigma": float(hp.get("level_sigma", 0.0)),
+        "scheduler": module.scheduler_args, "aug_max_t": hp.aug_max_t,
         "pooled_text": bool(hp.pooled_text), "weights": "ema" if ema else "raw",
         "class_embed": None, "class_embed_dim": int(hp.class_embed_dim),
         "input_layout": "x_t | prev_aug | mask fractions" + (" | text-painted class map" if hp.class_embed_dim else "")
-                        + (" (+ per-volume class levels)" if hp.get("organ_levels") else "")
                         + "; cond_vector = [position, (level+1)/T"
                         + (", pooled text]" if hp.pooled_text else "]"),
         "trained_steps": int(module.global_step) if module._trainer is not None
         else getattr(module, "trained_steps", None),
         "init_from": hp.get("init_from"), "init_trained_steps": module.init_trained_steps,
-        "organ_levels": bool(hp.get("organ_levels", False)),
-        "level_bank": module.level_bank.to_dict() if module.level_bank is not None else None,
     }
-    if meta["organ_levels"] and meta["level_bank"] is None:
-        raise ValueError("organ_levels is on but the module has no level bank (fit it on SliceDataModule 'pairs')")
+    inference = module.sampling_defaults()
     if denoiser.class_embed is not None:
         class_stem = stem.with_name(stem.name + "_classemb")
         save_component(denoiser.class_embed, class_stem, init_args=module.class_embed_args,
                        metadata={"role": "stage2 text-painted class map", "weights": meta["weights"]})
         meta["class_embed"] = class_stem.name
-    save_component(denoiser.unet, stem, init_args=module.unet_args, metadata=meta)
+    save_component(denoiser.unet, stem, init_args=module.unet_args, metadata=meta, inference=inference.to_dict())
     log.info("exported slice LDM to %s (+ %s%s)", stem, text_stem,
              f", {meta['class_embed']}" if meta["class_embed"] else "")
     return stem
-
-
-def load_ldm_weights(denoiser: SliceDenoiser, text: TextEncoder, path: str | Path,
-                     map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load an LDM artifact's UNet, class map (if any) and text encoder weights into `denoiser` and
-    `text` (strict: the architectures must match, except that a class map without per-volume
-    levels loads into one with them, the level directions staying zero); returns the metadata."""
-    from shared.io.artifact import load_component, read_component_spec
-
-    stem = artifact_stem(path)
-    meta = read_component_spec(stem)["metadata"]
-    denoiser.unet.load_state_dict(load_component(stem, map_location=map_location).state_dict())
-    if meta.get("class_embed"):
-        if denoiser.class_embed is None:
-            raise KeyError(f"{stem} has a class map ({meta['class_embed']}) but class_embed_dim is 0")
-        state = load_component(stem.with_name(meta["class_embed"]), map_location=map_location).state_dict()
-        if denoiser.class_embed.level_dirs is not None and "level_dirs" not in state:
-            state["level_dirs"] = torch.zeros_like(denoiser.class_embed.level_dirs)
-        denoiser.class_embed.load_state_dict(state)
-    text.load_state_dict(load_component(stem.with_name(meta["text_encoder"]), map_location=map_location).state_dict())
-    return meta
-
-
-def load_slice_ldm(
-    path: str | Path, vae_path: str | Path | None = None, map_location: str | torch.device = "cpu"
-) -> SliceLDMModule:
-    """Rebuild an inference SliceLDMModule (eval, frozen, denoiser in channels-last memory format)
-    from the LDM artifact, its text encoder artifact (next to it) and the VAE artifact (`vae_path`,
-    default: the one named in the metadata, next to the LDM artifact)."""
-    from shared.io.artifact import read_component_spec
-
-    stem = artifact_stem(path)
-    spec = read_component_spec(stem)
-    meta = spec["metadata"]
-    text = read_component_spec(stem.with_name(meta["text_encoder"]))
-    vae_path = vae_path or (stem.parent / meta["vae"] if meta.get("vae") else None)
-    module = SliceLDMModule(
-        vae_path=str(vae_path) if vae_path else None, vae_config=None,
-        num_classes=meta["num_classes"], latent_channels=meta["latent_channels"],
-        unet_overrides={k: v for k, v in spec["init_args"].items()},
-        text_encoder={**text["init_args"], "frozen": True}, scheduler=meta["scheduler"],
-        aug_max_t=meta["aug_max_t"], aug_t=meta["aug_t"], pooled_text=meta.get("pooled_text", False),
-        class_embed_dim=int(meta.get("class_embed_dim", 0)), noise_corr=float(meta.get("noise_corr", 0.0)),
-        sample_steps=int(meta.get("sample_steps", 20)), guidance=float(meta.get("guidance", 1.0)),
-        level_sigma=float(meta.get("level_sigma", 0.0)), organ_levels=bool(meta.get("organ_levels", False)),
-    )
-    if meta.get("level_bank"):
-        module.level_bank = LevelBank.from_dict(meta["level_bank"])
-    load_ldm_weights(module.denoiser, module.text, stem, map_location)
-    module.setup("predict")
-    # channels-last convolutions: 1.4x faster UNet forwards on CPU in bf16 (oneDNN), same weights
-    module.denoiser.to(memory_format=torch.channels_last)
-    return module.to(map_location).eval().requires_grad_(False)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.diffusion.protocol import SamplingTimesteps, random_draw
+from shared.diffusion.protocol import Generators, SamplingTimesteps, random_draw
 from shared.diffusion.schedules import alpha_bar_at, make_betas, unsqueeze_right
 
 __all__ = ["CategoricalScheduler", "sample_categorical", "to_onehot"]
@@ -46,7 +46,7 @@ def to_onehot(x0: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.flo
     return F.one_hot(x0.long(), num_classes).movedim(-1, 1).to(dtype)  # (B, K, *S)
 
 
-def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_categorical(probs: torch.Tensor, generator: Generators = None) -> torch.Tensor:
     """One draw per voxel from probs (B, K, *S) by inverse CDF; returns one-hot (B, K, *S)."""
     u = random_draw("uniform", (probs.shape[0], 1, *probs.shape[2:]), generator, probs.device,
                     torch.float64 if probs.dtype == torch.float64 else torch.float32)
@@ -116,13 +116,13 @@ class CategoricalScheduler(SamplingTimesteps, nn.Module):
         return self.q_probs(xt, t).log()
 
     def q_sample(
-        self, x0: torch.Tensor, t: torch.Tensor | int, generator: torch.Generator | None = None
+        self, x0: torch.Tensor, t: torch.Tensor | int, generator: Generators = None
     ) -> torch.Tensor:
         """Draw x_t ~ q(x_t | x_0): one-hot (B, K, *S); t (B,) int64 or an int."""
         return sample_categorical(self.q_probs(x0, t), generator)
 
     def init_noise(
-        self, shape: tuple[int, ...], generator: torch.Generator | None = None,
+        self, shape: tuple[int, ...], generator: Generators = None,
         device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """Prior draw (uniform over K, the limit of q(x_{T-1})): one-hot of `shape` (B, K, *S)."""
@@ -196,7 +196,7 @@ class CategoricalScheduler(SamplingTimesteps, nn.Module):
     # ---------------------------------------------------------------- sampler
     def step(
         self, model_output: torch.Tensor, t: int | torch.Tensor, sample: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x_t (one-hot, B, K, *S) + x0 logits -> (x_s one-hot, p(x0 | x_t) probs), s = prev(t).
 

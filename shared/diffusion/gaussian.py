@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shared.diffusion.protocol import SamplingTimesteps, random_draw
+from shared.diffusion.protocol import Generators, SamplingTimesteps, random_draw
 from shared.diffusion.schedules import alpha_bar_at, make_betas, unsqueeze_right
 
 __all__ = ["GaussianScheduler", "PREDICTION_TYPES"]
@@ -149,7 +149,7 @@ class GaussianScheduler(SamplingTimesteps, nn.Module):
 
     # ---------------------------------------------------------------- sampler
     def init_noise(
-        self, shape: tuple[int, ...], generator: torch.Generator | None = None,
+        self, shape: tuple[int, ...], generator: Generators = None,
         device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """x_{T-1} ~ N(0, I) of `shape`."""
@@ -157,7 +157,7 @@ class GaussianScheduler(SamplingTimesteps, nn.Module):
 
     def step(
         self, model_output: torch.Tensor, t: int | torch.Tensor, sample: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One DDIM / DDPM step x_t -> x_s, s = prev(t). Returns (x_s, x0_pred)."""
         s = self.prev_timestep(t)

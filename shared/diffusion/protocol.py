@@ -6,21 +6,31 @@ the model and hands its output to `step`.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, Union, runtime_checkable
 
 import torch
 
 from shared.diffusion.schedules import make_timesteps
 
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+"""One generator for the whole batch, or one per sample (row i of every draw comes from
+generator i, so a sample's draws do not depend on the batch it runs in), or None (global RNG)."""
 
-def random_draw(kind: str, shape: tuple[int, ...], generator: torch.Generator | None,
+
+def random_draw(kind: str, shape: tuple[int, ...], generator: Generators,
                 device: torch.device | str | None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """torch.randn (kind "normal") or torch.rand ("uniform") of `shape`, drawn on the generator's
     device and moved to `device`: a CPU generator drives CUDA sampling too, and one seed gives the
-    same draws on every device."""
+    same draws on every device. A sequence of generators draws row i of dim 0 from generator i."""
     fn = {"normal": torch.randn, "uniform": torch.rand}[kind]
-    src = generator.device if generator is not None else device
-    return fn(shape, generator=generator, device=src, dtype=dtype).to(device)
+    if generator is None or isinstance(generator, torch.Generator):
+        src = generator.device if generator is not None else device
+        return fn(shape, generator=generator, device=src, dtype=dtype).to(device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a draw of {shape[0]} samples {tuple(shape)}")
+    rows = [fn(tuple(shape[1:]), generator=g, device=g.device, dtype=dtype).to(device) for g in generator]
+    return torch.stack(rows)
 
 
 @runtime_checkable
@@ -45,14 +55,14 @@ class Scheduler(Protocol):
         model_output: torch.Tensor,
         t: int | torch.Tensor,
         sample: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One reverse step from `sample` = x_t to x_prev (the next entry of `timesteps`, or the
         clean data after the last one). Returns (prev_sample, x0_pred)."""
         ...
 
     def init_noise(
-        self, shape: tuple[int, ...], generator: torch.Generator | None = None, **kw
+        self, shape: tuple[int, ...], generator: Generators = None, **kw
     ) -> torch.Tensor:
         """A draw of x_{T-1} (the prior) of `shape`."""
         ...

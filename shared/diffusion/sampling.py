@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from shared.diffusion.protocol import Scheduler
+from shared.diffusion.protocol import Generators, Scheduler
 
 __all__ = ["cfg_combine", "guided_output", "sample_loop"]
 
@@ -76,7 +76,7 @@ def sample_loop(
     model_fn: ModelFn,
     scheduler: Scheduler,
     x_T: torch.Tensor,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     guidance: float = 1.0,
     cond: Mapping[str, Any] | None = None,
     uncond: Mapping[str, Any] | None = None,

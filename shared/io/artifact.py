@@ -1,15 +1,18 @@
-"""Component artifacts: `NAME.safetensors` (tensors) + `NAME.yaml` (how to rebuild + metadata).
+"""Component artifacts: `NAME.safetensors` (tensors) + `NAME.yaml` (how to rebuild + metadata
++ an optional `inference:` block, the component's sampling defaults).
 
 Loading never unpickles: the yaml names a class (restricted to this project's packages unless
 the caller widens `allowed_prefixes`) and its keyword arguments; the weights are safetensors.
-A bundle is a folder of components plus a `bundle.yaml` mapping roles to component names.
+A bundle is a `bundle.yaml` naming components where they are (pipelines.bundle).
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
+from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import yaml
@@ -24,6 +27,30 @@ class ArtifactError(ValueError):
     """A component artifact that is missing, malformed or names a forbidden class."""
 
 
+_D = TypeVar("_D", bound="InferenceDefaults")
+
+
+class InferenceDefaults:
+    """Base of a frozen dataclass holding a component's sampling defaults (its `inference:` block)."""
+
+    @classmethod
+    def from_block(cls: type[_D], block: Mapping[str, Any] | None, where: str = "inference") -> _D:
+        """The defaults of `block` (missing fields: the class defaults); an unknown field is an error."""
+        block = dict(block or {})
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(block) - known)
+        if unknown:
+            raise ArtifactError(f"{where}: unknown field(s) {unknown} (known: {sorted(known)})")
+        return cls(**block)
+
+    def override(self: _D, **values: Any) -> _D:
+        """A copy with the given values; None keeps the default."""
+        return replace(self, **{k: v for k, v in values.items() if v is not None})  # type: ignore[type-var]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+
 def artifact_stem(path: str | Path) -> Path:
     """A component's path without its .yaml / .safetensors suffix (either file, or the stem itself)."""
     path = Path(path)
@@ -35,8 +62,10 @@ def save_component(
     path: str | Path,
     init_args: dict[str, Any],
     metadata: dict[str, Any] | None = None,
+    inference: dict[str, Any] | None = None,
 ) -> Path:
-    """Write `path.safetensors` + `path.yaml`; `init_args` must rebuild `type(module)`.
+    """Write `path.safetensors` + `path.yaml`; `init_args` must rebuild `type(module)`;
+    `inference`: the sampling defaults (written as the `inference:` block when given).
 
     Returns the stem path. Shared tensors (tied weights) are cloned so safetensors accepts them.
     """
@@ -47,6 +76,7 @@ def save_component(
         "class_path": f"{cls.__module__}.{cls.__qualname__}",
         "init_args": init_args,
         "metadata": metadata or {},
+        **({"inference": dict(inference)} if inference else {}),
         "format": "guidegen-component/1",
     }
     with atomic_path(stem.with_suffix(".safetensors")) as tmp:
@@ -68,6 +98,9 @@ def read_component_spec(path: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"{spec_path}: missing field 'class_path'")
     spec.setdefault("init_args", {})
     spec.setdefault("metadata", {})
+    spec["inference"] = spec.get("inference") or {}
+    if not isinstance(spec["inference"], dict):
+        raise ArtifactError(f"{spec_path}: field 'inference' must be a mapping")
     return spec
 
 
@@ -89,7 +122,8 @@ def load_component(
 ) -> torch.nn.Module:
     """Rebuild a component from its yaml and load its safetensors weights (no pickle).
 
-    The rebuilt module gets an `artifact_metadata` attribute with the yaml's metadata.
+    The rebuilt module gets `artifact_metadata` and `artifact_inference` attributes (the yaml's
+    metadata and inference block).
     """
     stem = artifact_stem(path)
     spec = read_component_spec(stem)
@@ -104,4 +138,5 @@ def load_component(
     except RuntimeError as e:
         raise ArtifactError(f"{weights}: weights do not fit {spec['class_path']} ({e})") from None
     module.artifact_metadata = dict(spec["metadata"])
+    module.artifact_inference = dict(spec["inference"])
     return module

@@ -64,17 +64,41 @@ def test_masks_differ_when_only_text_differs() -> None:
 
 
 def test_artifact_roundtrip(tmp_path: Path) -> None:
+    """The artifact rebuilds the sampler; its inference block is the sampling default."""
+    from shared.io.artifact import ArtifactError
+    from stage1_mask.sampler import MaskSampling
+
     torch.manual_seed(0)
     sampler = MaskSampler(12, **TINY_SAMPLER).eval()
-    meta = {"grid": [16, 16, 8], "spacing": [24.0, 24.0, 50.0], "class_names": [str(i) for i in range(12)],
-            "default_steps": 2, "default_guidance": 2.0}
-    export_stage1(sampler, tmp_path / "s1", meta, half=False)
+    meta = {"grid": [16, 16, 8], "spacing": [24.0, 24.0, 50.0], "class_names": [str(i) for i in range(12)]}
+    export_stage1(sampler, tmp_path / "s1", meta, half=False, inference=MaskSampling(steps=2, guidance=2.5))
     loaded = load_stage1(tmp_path / "s1")
     assert loaded.artifact_metadata["grid"] == [16, 16, 8]
+    assert loaded.sampling == MaskSampling(steps=2, guidance=2.5)
     gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
-    a = sample_masks(sampler, ["tumor: rectum 30 mm."], gen(), steps=2, guidance=2.0, grid=[16, 16, 8])
-    b = sample_masks(loaded, ["tumor: rectum 30 mm."], gen(), steps=2, guidance=2.0)
+    a = sample_masks(sampler, ["tumor: rectum 30 mm."], gen(), steps=2, guidance=2.5, grid=[16, 16, 8])
+    b = sample_masks(loaded, ["tumor: rectum 30 mm."], gen())  # steps and guidance from the artifact
     torch.testing.assert_close(a, b)
+    c = sample_masks(loaded, ["tumor: rectum 30 mm."], gen(), guidance=1.0)
+    assert not torch.allclose(b, c)  # the default guidance was used above, not 1
+    spec = (tmp_path / "s1.yaml").read_text()
+    (tmp_path / "s1.yaml").write_text(spec.replace("  guidance: 2.5", "  guidance: 2.5\n  guidence: 3"))
+    with pytest.raises(ArtifactError, match="guidence"):
+        load_stage1(tmp_path / "s1")
+
+
+def test_one_generator_per_sample_makes_masks_batch_independent() -> None:
+    """fp32: a mask sampled in a batch of 4 (one generator per prompt) equals the mask sampled alone."""
+    torch.manual_seed(0)
+    sampler = MaskSampler(12, **TINY_SAMPLER).eval()
+    texts = ["tumor: rectum 30 mm.", "tumor: none.", "spleen: enlarged.", "tumor: sigmoid colon 40 mm."]
+    kw = {"steps": 3, "guidance": 2.0, "grid": [16, 16, 8], "bf16": False}
+    batch = sample_masks(sampler, texts, [torch.Generator().manual_seed(10 + i) for i in range(4)], **kw)
+    for i in range(4):
+        alone = sample_masks(sampler, texts[i:i + 1], [torch.Generator().manual_seed(10 + i)], **kw)
+        assert torch.equal(alone.argmax(1)[0], batch.argmax(1)[i]), i
+    shared = sample_masks(sampler, texts, torch.Generator().manual_seed(10), **kw)
+    assert not torch.equal(shared.argmax(1)[1], batch.argmax(1)[1])  # one generator: other draws
 
 
 def test_tiny_overfits_two_cases(tiny_phantom: Path) -> None:
@@ -142,9 +166,11 @@ def test_evaluate_script_sweeps_and_scores_cleaned_masks(tiny_phantom: Path, tmp
     from stage1_mask import evaluate
 
     torch.manual_seed(0)
-    meta = {"grid": [16, 16, 8], "spacing": [24.0, 24.0, 50.0], "class_names": [str(i) for i in range(12)],
-            "default_steps": 2, "default_guidance": 2.0}
-    export_stage1(MaskSampler(12, **TINY_SAMPLER).eval(), tmp_path / "s1", meta, half=False)
+    from stage1_mask.sampler import MaskSampling
+
+    meta = {"grid": [16, 16, 8], "spacing": [24.0, 24.0, 50.0], "class_names": [str(i) for i in range(12)]}
+    export_stage1(MaskSampler(12, **TINY_SAMPLER).eval(), tmp_path / "s1", meta, half=False,
+                  inference=MaskSampling(steps=2, guidance=2.0))
     out = tmp_path / "eval"
     assert evaluate.main(["--artifact", str(tmp_path / "s1"), "--manifest", str(tiny_phantom),
                           "--split", "train", "--n", "2", "--sweep-steps", "2", "--sweep-guidance", "1",

@@ -13,9 +13,9 @@ import yaml
 
 CONFIGS = Path(__file__).resolve().parents[2] / "stage2_ct" / "configs"
 STACKS = {
-    "vae": [[], ["tiny"], ["full"], ["phantom_lat12"], ["phantom_decoder_ft"],
+    "vae": [[], ["tiny"], ["full"], ["phantom_decoder_ft"],
             ["phantom_decoder_ft", "phantom_decoder_ft2"], ["phantom_decoder_ft", "phantom_decoder_ft3"]],
-    "ldm": [[], ["tiny"], ["full"], ["phantom_lat12"], ["phantom_levels_ft"]],
+    "ldm": [[], ["tiny"], ["full"]],
 }
 
 
@@ -77,16 +77,6 @@ def test_decoder_fine_tuning_recipes_resolve_as_documented() -> None:
     assert checkpoint_dirs(cfg) == ["runs/stage2/vae_phantom_ft3/checkpoints"]
 
 
-def test_level_fine_tuning_recipe_resolves_as_documented() -> None:
-    """phantom_levels_ft.yaml: the shipped LDM's weights start a fit with per-volume levels, a
-    cosine over all its steps, in its own run folder."""
-    cfg = resolved("ldm", ["phantom_levels_ft"])
-    ft = cfg["model"]["init_args"]
-    assert ft["organ_levels"] and ft["class_embed_dim"] > 0 and ft["init_from"] == "weights/stage2_ldm_phantom"
-    assert ft["decay_steps"] == cfg["trainer"]["max_steps"] and ft["level_lr"] > ft["lr"]
-    assert checkpoint_dirs(cfg) == ["runs/stage2/ldm_levels_ft/checkpoints"]
-
-
 def test_shipped_pair_resolves_as_documented() -> None:
     """The phantom base configs are the shipped pair's recipe (docs/stage2.md): the 12-channel VAE
     (soft-tissue weight 8, lr 2e-3) with one cosine over 6,500 steps, the LDM on exactly that
@@ -114,7 +104,7 @@ def test_every_recipe_decays_over_its_own_steps(kind: str, extra: list[str]) -> 
     assert cfg["model"]["init_args"]["decay_steps"] == cfg["trainer"]["max_steps"]
 
 
-@pytest.mark.parametrize("extra", [e for e in STACKS["ldm"] if e != ["phantom_levels_ft"]],
+@pytest.mark.parametrize("extra", STACKS["ldm"],
                          ids=lambda v: "+".join(v) or "phantom")
 def test_ldm_latent_channels_match_its_vae_stack(extra: list[str]) -> None:
     """An LDM stack's latent_channels equals those of the VAE stack that trains its vae_path
@@ -143,7 +133,10 @@ def test_shipped_weights_match_the_phantom_configs() -> None:
     assert meta["latent_channels"] == ldm_cfg["latent_channels"] == vae_spec["metadata"]["latent_channels"]
     assert ldm_spec["init_args"]["channels"] == ldm_cfg["unet_overrides"]["channels"]
     assert meta["vae"] == "stage2_vae_phantom" and meta["trained_steps"] == 8500
-    for key in ("aug_t", "aug_max_t", "guidance", "noise_corr", "sample_steps", "level_sigma"):
-        assert meta[key] == ldm_cfg[key], f"inference default {key}: artifact {meta[key]} != config {ldm_cfg[key]}"
+    assert meta["aug_max_t"] == ldm_cfg["aug_max_t"]
+    inference = ldm_spec["inference"]
+    for key, cfg_key in (("prev_noise_t", "aug_t"), ("guidance", "guidance"), ("noise_corr", "noise_corr"),
+                         ("steps", "sample_steps"), ("level_sigma", "level_sigma")):
+        assert inference[key] == ldm_cfg[cfg_key], f"inference {key}: artifact {inference[key]} != config {ldm_cfg[cfg_key]}"
     for name in (meta["text_encoder"], meta["class_embed"]):
         assert (weights / f"{name}.safetensors").is_file() and (weights / f"{name}.yaml").is_file(), name
