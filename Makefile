@@ -56,9 +56,8 @@ train-vae: setup $(DATA)/manifest.jsonl ## Train the CT slice VAE on the phantom
 train-stage2: setup $(DATA)/manifest.jsonl ## Train the VAE (if no artifact is given), then the slice LDM
 	$(PY) -m stage2_ct fit -c stage2_ct/configs/ldm/phantom.yaml
 
-generate: setup ## Batch generation from a prompt file (not built yet)
-	@if [ -f pipelines/run.py ]; then $(PY) -m pipelines.run $(ARGS); \
-	 else echo "generate: pipelines/run.py does not exist yet (issue: pipeline)"; exit 2; fi
+generate: setup ## Reports -> CT + labels: make generate ARGS="--prompts FILE --out DIR [...]"
+	$(PY) -m pipelines.run $(ARGS)
 
 evaluate: setup ## Evaluate generated cases (not built yet)
 	@if [ -f pipelines/evaluate.py ]; then $(PY) -m pipelines.evaluate $(ARGS); \

@@ -55,6 +55,29 @@ def default_axial_slices(labels: np.ndarray, n: int) -> list[int]:
     return [int(round(v)) for v in np.linspace(hi, lo, n + 2)[1:-1]]  # top of the body first
 
 
+def focus_axial_slices(labels: np.ndarray, focus_ids: Sequence[int], n: int) -> list[int]:
+    """`default_axial_slices`, where the slice of largest area of each large connected part of the
+    focus classes (e.g. each tumour; parts of >= 20% of the largest one's voxels, at most n // 2)
+    replaces the nearest default one, so the preview shows them; top of the body first."""
+    from scipy import ndimage
+
+    ks, locked = default_axial_slices(labels, n), set()
+    parts, count = ndimage.label(np.isin(labels, list(focus_ids)), structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(parts.ravel())[1:]  # (count,)
+    big = [int(i) + 1 for i in np.argsort(-sizes) if sizes[i] >= 0.2 * sizes.max()][: max(1, n // 2)]
+    for part in big:
+        k = int((parts == part).reshape(-1, labels.shape[-1]).sum(0).argmax())
+        if k in ks:
+            locked.add(ks.index(k))
+            continue
+        free = [i for i in range(len(ks)) if i not in locked]
+        if free:
+            i = min(free, key=lambda i: abs(ks[i] - k))
+            ks[i] = k
+            locked.add(i)
+    return sorted(set(ks), reverse=True)
+
+
 def save_preview(
     path: str | Path,
     ct_hu: np.ndarray,
