@@ -35,7 +35,7 @@ test: setup ## Run the fast test suite (CI runs this)
 test-slow: setup ## Run the slow tests too
 	$(PY) -m pytest --durations=20 $(PYTEST_ARGS)
 
-demo: setup ## Generate example outputs (phantom cases and previews) into outputs/demo
+demo: setup ## Generate CT + label cases from the example reports with the default bundle into outputs/demo
 	$(PY) -m pipelines.demo --out outputs/demo
 
 data: setup ## Write the phantom dataset to $(DATA) (N_CASES cases, JOBS processes; resumable)

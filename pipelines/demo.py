@@ -1,47 +1,85 @@
-"""`make demo`: example outputs on a fresh machine, offline.
+"""`make demo`: CT + label cases from the example reports with the default bundle, offline.
 
-Until the text -> mask -> CT pipeline has trained default weights, the demo writes procedural
-phantom cases (CT + labels + report + findings, the default training data) with previews.
+Runs guidegen-generate (pipelines.run) on `pipelines/examples/demo_reports.jsonl` (six reports:
+tumours at different sites, two tumours, none, an absent kidney, an enlarged spleen), prints each
+report, its files and what the generated volumes read back as, and writes one contact sheet of
+all previews (OUT/contact_sheet.png).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 
-from shared.data.build import CasePaths, build_dataset, case_id
-from shared.io.nifti import read_nifti
-from shared.io.preview import save_preview
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from pipelines import run  # noqa: E402
+from shared.io.atomic import atomic_path  # noqa: E402
 
 log = logging.getLogger("guidegen.demo")
 
 
+def example_reports() -> Path:
+    """The shipped example prompt file (found through importlib.resources: works installed too)."""
+    return Path(str(resources.files("pipelines") / "examples" / "demo_reports.jsonl"))
+
+
+def contact_sheet(previews: list[Path], titles: list[str], out: Path, cols: int = 2) -> Path:
+    """One PNG of all previews, `cols` per row, each with its title."""
+    rows = -(-len(previews) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(8 * cols, 3.5 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, png, title in zip(axes.flat, previews, titles, strict=False):
+        ax.imshow(plt.imread(str(png)))
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="outputs/demo")
-    parser.add_argument("--n-cases", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=2024)
-    parser.add_argument("--grid", default="default")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--prompts", default=None, help="prompt file (default: the shipped example reports)")
+    p.add_argument("--bundle", default=None, help="bundle.yaml (default: $GUIDEGEN_BUNDLE, else the checkout's)")
+    p.add_argument("--seed", type=int, default=0)
+    args, extra = p.parse_known_args(argv)  # anything else goes to guidegen-generate (e.g. --stage2-steps)
     start = time.perf_counter()
+    prompts = Path(args.prompts) if args.prompts else example_reports()
     out = Path(args.out)
-    manifest = build_dataset(out, args.n_cases, jobs=1, seed=args.seed, grid=args.grid)
-    previews = []
-    for i in range(args.n_cases):
-        paths = CasePaths.under(out, case_id(i))
-        ct, affine = read_nifti(paths.image)
-        labels, _ = read_nifti(paths.label)
-        report = paths.report.read_text(encoding="utf-8").strip()
-        png = out / "previews" / f"{case_id(i)}.png"
-        save_preview(png, ct, labels, affine, title=report[:300])
-        previews.append(png)
-        print(f"\n{case_id(i)}: {report}\n  CT {paths.image}\n  labels {paths.label}\n  preview {png}")
-    print(f"\nmanifest: {manifest}\n{len(previews)} cases in {time.perf_counter() - start:.1f} s "
-          f"(phantom cases: the trained text->CT pipeline is not bundled yet)")
+    cmd = ["--prompts", str(prompts), "--out", str(out), "--seed", str(args.seed), "--batch-size", "6", *extra]
+    if args.bundle:
+        cmd += ["--bundle", args.bundle]
+    code = run.main(cmd)
+    if code != 0:
+        return code
+    previews, titles = [], []
+    for line in (out / run.MANIFEST).read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        d = run.case_dir(out, row["case_id"])
+        record = json.loads((d / "findings.json").read_text(encoding="utf-8"))
+        wrong = [k for k, ok in record["agreement"].items() if not ok]
+        print(f"\n{row['case_id']}: {row['report']}\n  asked:     {record['summary']}\n"
+              f"  reads as:  {'as asked' if not wrong else 'differs in ' + ', '.join(wrong)}\n"
+              f"  files:     {d / 'ct.nii.gz'}, {d / 'labels.nii.gz'}, {d / 'findings.json'}, {d / 'preview.png'}")
+        if (d / "preview.png").is_file():
+            previews.append(d / "preview.png")
+            titles.append(f"{row['case_id']}: {row['report'][:90]}")
+    if previews:
+        sheet = contact_sheet(previews, titles, out / "contact_sheet.png")
+        print(f"\ncontact sheet: {sheet}")
+    print(f"demo done in {time.perf_counter() - start:.0f} s")
     return 0
 
 

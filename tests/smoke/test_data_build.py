@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.demo import main as demo_main
 from shared.data.build import CasePaths, build_dataset, case_id
 from shared.data.manifest import read_manifest, validate_manifest
 from shared.data.transforms import DownsampleLabelsd, case_transforms, hu_to_model, model_to_hu
@@ -62,13 +61,6 @@ def test_hu_model_space_round_trip_is_exact():
     hu = torch.arange(-1000, 1001, dtype=torch.float64)
     torch.testing.assert_close(model_to_hu(hu_to_model(hu)), hu, atol=1e-9, rtol=0)
     assert float(hu_to_model(torch.tensor(3000.0))) == 1.0
-
-
-def test_demo_writes_previews(tmp_path, capsys):
-    assert demo_main(["--out", str(tmp_path / "demo"), "--n-cases", "2", "--grid", "small"]) == 0
-    pngs = sorted((tmp_path / "demo" / "previews").glob("*.png"))
-    assert len(pngs) == 2 and all(p.stat().st_size > 10_000 for p in pngs)
-    assert "preview" in capsys.readouterr().out
 
 
 def test_data_cli_subprocess(tmp_path):

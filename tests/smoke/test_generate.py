@@ -116,6 +116,22 @@ def test_generate_writes_readable_aligned_cases(tiny_bundle: Path, tmp_path: Pat
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
 
 
+def test_demo_prints_cases_and_writes_a_contact_sheet(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+    """make demo's script on the shipped example reports (six: sites, two tumours, none, an absent
+    kidney, an enlarged spleen) with the tiny bundle."""
+    from pipelines.demo import example_reports, main
+
+    reports = [json.loads(line) for line in example_reports().read_text().splitlines()]
+    assert len(reports) == 6
+    assert main(["--out", str(tmp_path / "demo"), "--bundle", str(tiny_bundle), *FAST]) == 0
+    out = capsys.readouterr().out
+    for r in reports:
+        assert f"{r['id']}: {r['report']}" in out
+    assert "tumor: transverse colon 30 mm, rectum 25 mm." in out and "kidneys: left absent." in out
+    sheet = tmp_path / "demo" / "contact_sheet.png"
+    assert sheet.is_file() and sheet.stat().st_size > 50_000
+
+
 def test_batch_of_one_and_of_four_give_the_same_cases(tiny_bundle: Path, tmp_path: Path) -> None:
     """fp32: a case's labels do not depend on the batch it ran in (one generator per case)."""
     prompts = tmp_path / "p.jsonl"
