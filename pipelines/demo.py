@@ -67,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     previews, titles = [], []
     for line in (out / run.MANIFEST).read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
-        d = run.case_dir(out, row["case_id"])
+        d = out / "cases" / row["case_id"]
         record = json.loads((d / "findings.json").read_text(encoding="utf-8"))
         wrong = [k for k, ok in record["agreement"].items() if not ok]
         print(f"\n{row['case_id']}: {row['report']}\n  asked:     {record['summary']}\n"
               f"  reads as:  {'as asked' if not wrong else 'differs in ' + ', '.join(wrong)}\n"
-              f"  files:     {d / 'ct.nii.gz'}, {d / 'labels.nii.gz'}, {d / 'findings.json'}, {d / 'preview.png'}")
+              f"  files:     {out / row['image']}, {out / row['label']}, {d / 'findings.json'}, {d / 'preview.png'}")
         if (d / "preview.png").is_file():
             previews.append(d / "preview.png")
             titles.append(f"{row['case_id']}: {row['report'][:90]}")

@@ -82,15 +82,19 @@ class GuideGenPipeline:
         abstractor: report -> Findings (default: the lexicon, shared.text.abstract_report).
         clean_min_voxels: islands smaller than this (stage-1 voxels) take their neighbours' class
             (the largest component of every class always stays; 0 = off).
+        default_phase: the contrast phase both stages are told when a report leaves it unknown
+            (the phantom training data always has one; the case's `asked` findings keep "unknown").
     """
 
     def __init__(self, mask_sampler: MaskSampler, slice_generator: SliceGenerator, labels: LabelTable,
                  ct_grid: Sequence[int], ct_affine: np.ndarray,
-                 abstractor: Callable[[str], Findings] | None = None, clean_min_voxels: int = 8) -> None:
+                 abstractor: Callable[[str], Findings] | None = None, clean_min_voxels: int = 8,
+                 default_phase: str = "portal_venous") -> None:
         self.mask_sampler, self.slice_generator, self.labels = mask_sampler, slice_generator, labels
         self.ct_grid, self.ct_affine = tuple(int(v) for v in ct_grid), np.asarray(ct_affine, dtype=np.float64)
         self.abstractor = abstractor or abstract_report
         self.clean_min_voxels = int(clean_min_voxels)
+        self.default_phase = default_phase
         self.times = StageTimes()
         for name, k in (("stage 1", mask_sampler.num_classes), ("stage 2", slice_generator.num_classes)):
             if k != labels.num_classes:
@@ -118,12 +122,16 @@ class GuideGenPipeline:
         """Report text -> Findings (the abstraction step); Findings pass through."""
         return [p if isinstance(p, Findings) else self.abstractor(p) for p in prompts]
 
+    def conditioning(self, findings: Findings) -> Findings:
+        """The findings the samplers are told: an unknown phase becomes `default_phase`."""
+        return findings.replace(phase=self.default_phase) if findings.phase == "unknown" else findings
+
     def sample_masks(self, findings: Sequence[Findings], generators: Sequence[torch.Generator],
                      steps: int | None = None, guidance: float | None = None,
                      bf16: bool | None = None) -> torch.Tensor:
         """Labels on the CT grid (B, X, Y, Z) uint8 (on the CPU) for the findings."""
         t0 = time.perf_counter()
-        probs = sample_masks(self.mask_sampler, list(findings), list(generators), steps=steps, guidance=guidance,
+        probs = sample_masks(self.mask_sampler, [self.conditioning(f) for f in findings], list(generators), steps=steps, guidance=guidance,
                              bf16=bf16)  # (B, K, x, y, z)
         self.times.stage1 += time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -152,7 +160,7 @@ class GuideGenPipeline:
                     guidance: float | None = None, bf16: bool | None = None) -> torch.Tensor:
         """CT in HU (B, X, Y, Z) float32 for labels on the CT grid."""
         t0 = time.perf_counter()
-        hu = self.slice_generator.generate(labels, [f.summary() for f in findings], list(generators),
+        hu = self.slice_generator.generate(labels, [self.conditioning(f).summary() for f in findings], list(generators),
                                            autocast=bf16, steps=steps, guidance=guidance)
         self.times.stage2 += time.perf_counter() - t0
         return hu.cpu()
@@ -180,6 +188,33 @@ class GuideGenPipeline:
         bf16 = bf16_is_fast(self.device) if bf16 is None else bf16
         labels = self.sample_masks(findings, generators, stage1_steps, stage1_guidance, bf16)
         hu = self.generate_ct(labels, findings, generators, stage2_steps, stage2_guidance, bf16)
+        return self._cases(hu, labels, findings, readback)
+
+    def ct_from_masks(
+        self,
+        labels: torch.Tensor,
+        prompts: Sequence[Prompt],
+        generators: Sequence[torch.Generator],
+        stage2_steps: int | None = None,
+        stage2_guidance: float | None = None,
+        bf16: bool | None = None,
+        readback: bool = True,
+    ) -> list[GeneratedCase]:
+        """CT for given label volumes on the CT grid (B, X, Y, Z) (stage 2 only; the prompts give
+        the text: phase, fatty liver, ...); cases on the pipeline's CT affine."""
+        if tuple(labels.shape[1:]) != self.ct_grid:
+            raise ValueError(f"labels must be on the CT grid {self.ct_grid}, got {tuple(labels.shape[1:])}")
+        if len(generators) != len(prompts) or len(prompts) != len(labels):
+            raise ValueError(f"{len(labels)} label volumes, {len(prompts)} prompts, {len(generators)} generators")
+        self.times = StageTimes()
+        findings = self.findings_of(prompts)
+        bf16 = bf16_is_fast(self.device) if bf16 is None else bf16
+        labels = labels.to(torch.uint8).cpu()
+        hu = self.generate_ct(labels, findings, generators, stage2_steps, stage2_guidance, bf16)
+        return self._cases(hu, labels, findings, readback)
+
+    def _cases(self, hu: torch.Tensor, labels: torch.Tensor, findings: Sequence[Findings],
+               readback: bool) -> list[GeneratedCase]:
         t0 = time.perf_counter()
         ct = np.clip(np.rint(hu.numpy()), -32768, 32767).astype(np.int16)
         lab = labels.numpy()

@@ -13,7 +13,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from shared.labels import default_labels
 
@@ -23,24 +22,6 @@ PROMPTS = ["Portal venous phase. 4 cm mass in the sigmoid colon. The spleen is e
            "Non-contrast CT. No colonic mass. Fatty liver.",
            "3 cm rectal mass. Status post right nephrectomy.",
            "Mass in the ascending colon, 45 mm. Distended bladder."]
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tiny_stage2: dict[str, Path], tmp_path_factory) -> Path:
-    """bundle.yaml: a random-weight tiny stage 1 (16 x 16 x 8 at 24 x 24 x 50 mm) + the tiny LDM
-    (CT grid 32 x 32 x 16 at 12 x 12 x 25 mm: the same extent)."""
-    from pipelines.bundle import make_bundle
-    from stage1_mask.sampler import MaskSampler, MaskSampling, export_stage1
-
-    out = tmp_path_factory.mktemp("bundle")
-    torch.manual_seed(0)
-    sampler = MaskSampler(12, unet_overrides=dict(channels=[8, 16, 32], num_res_blocks=[0, 1, 1],
-                                                  attention_levels=[False, False, True], head_dim=8, norm_groups=4),
-                          text_encoder=dict(text_cfg=dict(width=32, heads=2, layers=1), embed_dim=32),
-                          scheduler=dict(num_train_timesteps=100)).eval()
-    meta = {"grid": [16, 16, 8], "spacing": [24.0, 24.0, 50.0], "class_names": default_labels().names}
-    export_stage1(sampler, out / "stage1", meta, inference=MaskSampling(steps=2, guidance=2.0))
-    return make_bundle(out / "stage1", tiny_stage2["ldm"], out / "bundle.yaml", (32, 32, 16), name="tiny")
 
 
 def generate(bundle: Path, prompts: Path, out: Path, *extra: str) -> int:
