@@ -1,8 +1,8 @@
 """The default bundle: `bundle.yaml` names the trained components where they are, with the label
 table, the two grids, the HU mapping, the package versions it was made with and every file's sha256.
 
-    python -m pipelines.bundle --stage1 weights/stage1_phantom --ldm weights/stage2_ldm_phantom \\
-        --ct-grid 128 128 80 --out weights/bundle.yaml
+    guidegen-export --stage1 weights/stage1_phantom --ldm weights/stage2_ldm_phantom \\
+        --ct-grid 128 128 80 --out weights --name guidegen-phantom   (pipelines.export)
 
 Loading (`load_bundle`) checks every file's hash before anything is built and never unpickles
 (components are safetensors + yaml, shared.io.artifact). Which bundle: `--bundle PATH`, else the
@@ -12,7 +12,6 @@ an installed wheel without the checkout needs `--bundle`).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.metadata
 import logging
@@ -191,22 +190,3 @@ def make_bundle(stage1: str | Path, ldm: str | Path, out: str | Path, ct_grid: t
     }
     write_text_atomic(out, yaml.safe_dump(spec, sort_keys=False))
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Write a bundle.yaml for a stage-1 and a stage-2 LDM artifact")
-    p.add_argument("--stage1", required=True, help="stage-1 artifact stem")
-    p.add_argument("--ldm", required=True, help="stage-2 LDM artifact stem (names its VAE)")
-    p.add_argument("--ct-grid", type=int, nargs=3, required=True, metavar=("X", "Y", "Z"))
-    p.add_argument("--out", required=True)
-    p.add_argument("--name", default="guidegen-phantom")
-    p.add_argument("--description", default="")
-    a = p.parse_args(argv)
-    out = make_bundle(a.stage1, a.ldm, a.out, tuple(a.ct_grid), a.name, a.description)
-    load_bundle(out)
-    print(out)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -4,7 +4,7 @@ decision for autocast at sampling time and for Lightning's precision).
 bf16 autocast is fast on CUDA GPUs with bf16. On a CPU it depends on more than the instruction set,
 so it is measured: on an AVX2-only CPU (e.g. AMD EPYC of family 25 model 1) PyTorch falls back to a
 reference GEMM for bf16 convolutions (one training step of the phantom VAE on 2 such cores: 25.9 s in
-bf16 against 1.23 s in fp32; bench/vae_capacity.py --time-only, bench/results/vae_cpu_avx2); on an
+bf16 against 1.23 s in fp32; research/vae_capacity.py --time-only, research/results_vae_cpu_avx2); on an
 AMD EPYC with AVX512-BF16 bf16 was the faster path (sampling 13.0 vs 21.4 s per volume); on an
 Intel Xeon (family 6 model 207) that reports AVX512-BF16 but no AMX it was slower (sampling
 22.3-22.9 vs 14.3-15.5 s, a VAE step 0.83 vs 0.62 s; docs/benchmarks.md). `bf16_is_fast("cpu")` is

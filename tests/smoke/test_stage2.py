@@ -178,7 +178,7 @@ def test_init_from_starts_a_fit_from_an_artifact(tiny_stage2: dict[str, Path]) -
 
 
 def test_decoder_only_fine_tuning_keeps_the_latents(tiny_stage2: dict[str, Path], tmp_path: Path) -> None:
-    """freeze_encoder + init_from (configs/vae/phantom_decoder_ft.yaml): the CLI fit changes the
+    """freeze_encoder + init_from (decoder-only fine-tuning of a VAE artifact): the CLI fit changes the
     decoder only; encoder and latent scale stay bit-identical, so an LDM trained on the artifact's
     latents stays valid with the new decoder. An artifact of another architecture is refused with a
     message naming model.init_from."""

@@ -6,9 +6,9 @@ It answers "which architecture reaches the floor within the CPU budget": run it 
 RMSE-vs-steps curves (all variants side by side, one process each), and with `--time-only` on the
 CPU for seconds per step; steps affordable in the budget = budget / (s / step).
 
-    python bench/vae_capacity.py --device cuda --out runs/vae_capacity          # GPU: curves
-    python bench/vae_capacity.py --device cpu --time-only --threads 1           # CPU: s / step
-    python bench/vae_capacity.py --sweep recipe --steps 8000 --out runs/vae_recipe  # GPU: recipes
+    python research/vae_capacity.py --device cuda --out runs/vae_capacity          # GPU: curves
+    python research/vae_capacity.py --device cpu --time-only --threads 1           # CPU: s / step
+    python research/vae_capacity.py --sweep recipe --steps 8000 --out runs/vae_recipe  # GPU: recipes
 """
 
 from __future__ import annotations
