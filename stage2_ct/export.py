@@ -13,7 +13,7 @@ import logging
 
 import torch
 
-from stage2_ct.ldm_module import SliceLDMModule, export_ldm
+from stage2_ct.ldm_module import SliceLDMModule, export_ldm, upgrade_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,8 @@ def export_checkpoint(ckpt: str, out: str, vae_path: str | None = None) -> None:
     if vae_path is not None:
         hp["vae_path"] = vae_path
     module = SliceLDMModule(**hp)
-    missing, unexpected = module.load_state_dict(state["state_dict"], strict=False)
-    bad = [k for k in missing if not k.startswith("vae.")] + list(unexpected)
+    missing, unexpected = module.load_state_dict(upgrade_state_dict(state["state_dict"]), strict=False)
+    bad = [k for k in missing if not k.startswith("model.vae.")] + list(unexpected)
     if bad:
         raise ValueError(f"{ckpt}: checkpoint does not fit SliceLDMModule ({bad[:5]})")
     module.trained_steps = int(state.get("global_step", 0))

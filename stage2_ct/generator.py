@@ -76,21 +76,29 @@ class SliceGenerator(nn.Module):
     Args:
         denoiser: the SliceDenoiser (UNet + optional text-painted class map).
         text: the text encoder whose tokens (and pooled embedding, `pooled_text`) condition it.
-        vae: the SliceAutoencoder whose latents the denoiser was trained on.
+        vae: the SliceAutoencoder whose latents the denoiser was trained on (None while training
+            the denoiser: set it with `attach_vae` before generating).
         scheduler: the GaussianScheduler it was trained with (DDIM sampling).
         num_classes / latent_channels: K mask channels, C latent channels.
         sampling: the defaults of `generate`.
     """
 
-    def __init__(self, denoiser: SliceDenoiser, text: TextEncoder, vae: nn.Module, scheduler: GaussianScheduler,
-                 num_classes: int, latent_channels: int, pooled_text: bool,
+    def __init__(self, denoiser: SliceDenoiser, text: TextEncoder, vae: nn.Module | None,
+                 scheduler: GaussianScheduler, num_classes: int, latent_channels: int, pooled_text: bool,
                  sampling: SliceSampling | None = None) -> None:
         super().__init__()
-        self.denoiser, self.text, self.vae, self.scheduler = denoiser, text, vae, scheduler
+        self.denoiser, self.text, self.scheduler = denoiser, text, scheduler
         self.num_classes, self.latent_channels, self.pooled_text = num_classes, latent_channels, pooled_text
         self.sampling = sampling or SliceSampling()
-        if vae.latent_channels != latent_channels:
-            raise ValueError(f"the denoiser has {latent_channels} latent channels, the VAE {vae.latent_channels}")
+        self.vae: nn.Module | None = None
+        if vae is not None:
+            self.attach_vae(vae)
+
+    def attach_vae(self, vae: nn.Module) -> None:
+        """Use `vae` to decode (its latent channels must be the denoiser's)."""
+        if vae.latent_channels != self.latent_channels:
+            raise ValueError(f"the denoiser has {self.latent_channels} latent channels, the VAE {vae.latent_channels}")
+        self.vae = vae
 
     @property
     def device(self) -> torch.device:
@@ -125,6 +133,8 @@ class SliceGenerator(nn.Module):
             (B, X, Y, Z) float32 HU in [-1000, 1000] on the masks' device.
         """
         cfg = self.sampling.override(**overrides)
+        if self.vae is None:
+            raise RuntimeError("no VAE attached (SliceGenerator.attach_vae)")
         if masks.ndim != 4:
             raise ValueError(f"masks must be (B, X, Y, Z), got {tuple(masks.shape)}")
         b, nx, ny, nz = masks.shape

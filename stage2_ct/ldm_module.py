@@ -6,10 +6,12 @@ the latent grid] + slice position + text tokens (cross-attention; contrast phase
 exist only in the text). DDPM training (v-prediction by default) with text dropout for
 classifier-free guidance; the scheduler, UNet and sampling loop are the shared ones.
 
-The VAE is loaded from its artifact in `setup()` (never in `__init__`) and is not part of the
+The module trains the inference component itself: `self.model` is a SliceGenerator (denoiser with
+its class map, text encoder, scheduler; `denoiser`, `text`, `scheduler`, `vae` are views of it),
+and an EMA copy of the denoiser and text encoder is kept beside it. The VAE is loaded from its
+artifact in `setup()` (never in `__init__`), attached to the generator and not saved in the
 checkpoint. `export_ldm` writes the UNet, text encoder and class map as component artifacts plus
-the metadata and `inference:` block `stage2_ct.generator.load_slice_ldm` builds the inference
-component (SliceGenerator) from.
+the metadata and `inference:` block `stage2_ct.generator.load_slice_ldm` rebuilds it from.
 """
 
 from __future__ import annotations
@@ -110,24 +112,42 @@ class SliceLDMModule(L.LightningModule):
         if class_embed_dim > 0 and not pooled_text:
             raise ValueError("model.class_embed_dim > 0 needs model.pooled_text: true")
         self.strict_loading = False  # the frozen VAE is not in the checkpoint
-        self.text = TextEncoder(**(text_encoder or {}))
+        text = TextEncoder(**(text_encoder or {}))
         unet_args = {**(unet_overrides or {}), "in_channels": 2 * latent_channels + num_classes + class_embed_dim,
                      "out_channels": latent_channels,
-                     "extra_embed_dim": 2 + (self.text.embed_dim if pooled_text else 0),
-                     "context_dim": self.text.width}
+                     "extra_embed_dim": 2 + (text.embed_dim if pooled_text else 0),
+                     "context_dim": text.width}
         unet, self.unet_args = build_unet(unet_preset, **unet_args)
         self.scheduler_args = dict(scheduler or {})
-        self.scheduler = GaussianScheduler(**self.scheduler_args)
-        self.class_embed_args = {"text_dim": self.text.embed_dim, "num_classes": num_classes, "dim": class_embed_dim}
+        noise = GaussianScheduler(**self.scheduler_args)
+        self.class_embed_args = {"text_dim": text.embed_dim, "num_classes": num_classes, "dim": class_embed_dim}
         self.init_trained_steps: int | None = None  # trained_steps of init_from, recorded on export
         class_embed = ClassTextEmbedding(**self.class_embed_args) if class_embed_dim > 0 else None
-        self.denoiser = SliceDenoiser(unet, self.scheduler.num_train_timesteps, class_embed)
-        self.vae = None
+        denoiser = SliceDenoiser(unet, noise.num_train_timesteps, class_embed)
+        # the inference component this module trains (its VAE is attached in setup, not saved)
+        self.model = SliceGenerator(denoiser, text, None, noise, num_classes, latent_channels, pooled_text,
+                                    self.sampling_defaults())
         self.ema = None
         if ema_decay > 0:  # (denoiser, text) averaged weights, updated after each optimizer step
             self.ema = torch.nn.ModuleDict({"denoiser": copy.deepcopy(self.denoiser),
                                             "text": copy.deepcopy(self.text)}).requires_grad_(False)
             self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+
+    @property
+    def denoiser(self) -> SliceDenoiser:
+        return self.model.denoiser
+
+    @property
+    def text(self) -> TextEncoder:
+        return self.model.text
+
+    @property
+    def scheduler(self) -> GaussianScheduler:
+        return self.model.scheduler
+
+    @property
+    def vae(self) -> torch.nn.Module | None:
+        return self.model.vae
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -154,10 +174,11 @@ class SliceLDMModule(L.LightningModule):
                 self.ema["text"].load_state_dict(self.text.state_dict())
             log.info("denoiser and text encoder initialised from %s", self.hparams.init_from)
         if self.vae is None and self.hparams.vae_path:
-            self.vae = load_vae(self.hparams.vae_path, map_location=self.device)
-        if self.vae is not None and self.vae.latent_channels != self.hparams.latent_channels:
-            raise ValueError(f"model.latent_channels = {self.hparams.latent_channels} but the VAE "
-                             f"{self.hparams.vae_path} has {self.vae.latent_channels} latent channels")
+            vae = load_vae(self.hparams.vae_path, map_location=self.device)
+            if vae.latent_channels != self.hparams.latent_channels:
+                raise ValueError(f"model.latent_channels = {self.hparams.latent_channels} but the VAE "
+                                 f"{self.hparams.vae_path} has {vae.latent_channels} latent channels")
+            self.model.attach_vae(vae)
 
     def on_fit_start(self) -> None:
         if self.hparams.get("channels_last"):
@@ -167,11 +188,12 @@ class SliceLDMModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
-        for k in [k for k in state if k.startswith("vae.")]:
+        for k in [k for k in state if k.startswith("model.vae.")]:
             del state[k]
         checkpoint["init_trained_steps"] = self.init_trained_steps  # an in-place fine-tune's start
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        upgrade_state_dict(checkpoint["state_dict"])
         if "init_trained_steps" in checkpoint:
             self.init_trained_steps = checkpoint["init_trained_steps"]
 
@@ -184,14 +206,16 @@ class SliceLDMModule(L.LightningModule):
         return null_text_inputs(self.text, batch, self.hparams.pooled_text)
 
     def generator(self, vae: torch.nn.Module | None = None, ema: bool = True) -> SliceGenerator:
-        """The inference component on this module's weights (the EMA copy where there is one and
-        `ema`), sharing them; `vae` defaults to the module's; sampling defaults from the hparams."""
+        """The inference component on the EMA weights (where there are some and `ema`), sharing
+        them, else the trained one itself (`self.model`); `vae` defaults to the module's."""
         vae = vae if vae is not None else self.vae
         if vae is None:
             raise ValueError("no VAE: pass vae or set model.vae_path")
-        use_ema = ema and self.ema is not None
-        denoiser, text = (self.ema["denoiser"], self.ema["text"]) if use_ema else (self.denoiser, self.text)
-        return SliceGenerator(denoiser, text, vae, self.scheduler, self.hparams.num_classes,
+        if not (ema and self.ema is not None):
+            if self.model.vae is not vae:
+                self.model.attach_vae(vae)
+            return self.model
+        return SliceGenerator(self.ema["denoiser"], self.ema["text"], vae, self.scheduler, self.hparams.num_classes,
                               self.hparams.latent_channels, self.hparams.pooled_text, self.sampling_defaults())
 
     def sampling_defaults(self) -> SliceSampling:
@@ -256,6 +280,14 @@ class SliceLDMModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(s, hp.warmup_steps, hp.decay_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def upgrade_state_dict(state: dict[str, Any]) -> dict[str, Any]:
+    """In place: checkpoints written before the module wrapped a SliceGenerator kept the denoiser
+    and text encoder at the top level (`denoiser.*`, `text.*`); now they are `model.*`."""
+    for k in [k for k in state if k.startswith(("denoiser.", "text."))]:
+        state["model." + k] = state.pop(k)
+    return state
 
 
 # ---------------------------------------------------------------------- artifacts

@@ -325,3 +325,26 @@ def test_checkpoint_keeps_the_fine_tune_start(tiny_stage2: dict[str, Path]) -> N
     assert resumed.init_trained_steps is None
     resumed.on_load_checkpoint(ckpt)
     assert resumed.init_trained_steps == 7
+
+
+def test_module_trains_the_inference_component(tiny_stage2: dict[str, Path]) -> None:
+    """SliceLDMModule wraps a SliceGenerator (`model`): the weights it trains are the ones its
+    generator samples with; a checkpoint of the older layout (denoiser.* / text.* at the top)
+    loads into it unchanged."""
+    from stage2_ct.generator import SliceGenerator
+    from stage2_ct.ldm_module import SliceLDMModule, upgrade_state_dict
+    from stage2_ct.vae_module import load_vae
+
+    module = SliceLDMModule(**module_args(tiny_stage2["ldm"]))
+    assert isinstance(module.model, SliceGenerator) and module.denoiser is module.model.denoiser
+    assert module.text is module.model.text and module.vae is None
+    keys = module.state_dict().keys()
+    assert any(k.startswith("model.denoiser.unet.") for k in keys) and not any(k.startswith("denoiser.") for k in keys)
+    vae = load_vae(str(tiny_stage2["vae"]))
+    assert module.generator(vae, ema=False) is module.model and module.vae is vae
+    old = {k.removeprefix("model."): v.clone() + 1.0 for k, v in module.state_dict().items()
+           if k.startswith(("model.denoiser.", "model.text."))}
+    fresh = SliceLDMModule(**module_args(tiny_stage2["ldm"]))
+    fresh.load_state_dict(upgrade_state_dict(dict(old)), strict=True)
+    for k, v in old.items():
+        assert torch.equal(fresh.state_dict()["model." + k], v), k
