@@ -15,7 +15,7 @@ same mask as "fatty" and "normal" liver: -3 HU apart, the phantom -36 HU).
 
 Previous-slice noise augmentation (Ho et al. 2022, cascaded diffusion "conditioning
 augmentation"): the clean latent of slice k-1 is noised to level s with the forward process,
-`prev_aug = sqrt(abar_s) z_{k-1} + sqrt(1 - abar_s) n`, s drawn in [0, aug_max_t] in training and
+`prev_aug = sqrt(abar_s) z_{k-1} + sqrt(1 - abar_s) n`, s drawn in [0, prev_noise_max_t] in training and
 fixed at inference; s / T is given to the network. The noise drowns the fine, slice-specific
 part of z_{k-1} (the CT noise texture), so the network must generate fresh noise for slice k
 instead of copying it, and it is robust to its own imperfect previous slices at inference.

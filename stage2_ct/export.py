@@ -17,10 +17,15 @@ from stage2_ct.ldm_module import SliceLDMModule, export_ldm, upgrade_state_dict
 
 log = logging.getLogger(__name__)
 
+RENAMED = {"aug_t": "prev_noise_t", "aug_max_t": "prev_noise_max_t"}  # old hyperparameter -> new
+
 
 def export_checkpoint(ckpt: str, out: str, vae_path: str | None = None) -> None:
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     hp = dict(state["hyper_parameters"])
+    for old, new in RENAMED.items():  # checkpoints of an older version
+        if old in hp:
+            hp[new] = hp.pop(old)
     known = inspect.signature(SliceLDMModule.__init__).parameters
     dropped = sorted(k for k in hp if k not in known and not k.startswith("_"))
     if dropped:  # options of an older version (e.g. organ_levels), no longer part of the model

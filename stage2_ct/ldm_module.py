@@ -59,9 +59,9 @@ class SliceLDMModule(L.LightningModule):
             this fit (fine-tuning, or continuing a run without its checkpoint); same architecture.
         scheduler: GaussianScheduler init args.
         p_uncond: text dropout (null context) for classifier-free guidance.
-        aug_max_t / aug_t: previous-latent augmentation level range in training / at inference.
+        prev_noise_max_t / prev_noise_t: previous-latent augmentation level range in training / at inference.
         noise_corr / sample_steps / guidance / level_sigma: inference only, written to the
-            artifact's `inference:` block with aug_t (stage2_ct.generator.SliceSampling).
+            artifact's `inference:` block with prev_noise_t (stage2_ct.generator.SliceSampling).
         p_prev_drop: probability of training with a zero previous slice at any k.
         lr, text_lr, warmup_steps, decay_steps: AdamW and its warm-up + cosine schedule.
         export_path: where `on_train_end` writes the LDM artifact (None = not exported).
@@ -90,8 +90,8 @@ class SliceLDMModule(L.LightningModule):
         init_from: str | None = None,
         scheduler: dict[str, Any] | None = None,
         p_uncond: float = 0.1,
-        aug_max_t: int = 300,
-        aug_t: int = 100,
+        prev_noise_max_t: int = 300,
+        prev_noise_t: int = 100,
         p_prev_drop: float = 0.02,
         lr: float = 5e-4,
         text_lr: float = 2e-4,
@@ -221,7 +221,7 @@ class SliceLDMModule(L.LightningModule):
     def sampling_defaults(self) -> SliceSampling:
         """The inference defaults this module's hparams describe (the artifact's `inference:` block)."""
         hp = self.hparams
-        return SliceSampling(steps=int(hp.sample_steps), guidance=float(hp.guidance), prev_noise_t=int(hp.aug_t),
+        return SliceSampling(steps=int(hp.sample_steps), guidance=float(hp.guidance), prev_noise_t=int(hp.prev_noise_t),
                              noise_corr=float(hp.noise_corr), level_sigma=float(hp.level_sigma))
 
     # ------------------------------------------------------------------ training
@@ -233,8 +233,8 @@ class SliceLDMModule(L.LightningModule):
         if self.training and hp.p_prev_drop > 0:
             keep = (torch.rand(b, device=z0.device) >= hp.p_prev_drop).to(z0.dtype)
             prev = prev * keep[:, None, None, None]
-        level = torch.randint(-1, hp.aug_max_t + 1, (b,), device=z0.device) if self.training else \
-            torch.full((b,), hp.aug_t, device=z0.device)
+        level = torch.randint(-1, hp.prev_noise_max_t + 1, (b,), device=z0.device) if self.training else \
+            torch.full((b,), hp.prev_noise_t, device=z0.device)
         prev_aug = augment_prev(self.scheduler, prev, level)
         drop = torch.rand(b, device=z0.device) < (hp.p_uncond if self.training else 0.0)
         text, = trim_text_inputs(self.encode_text(batch["text"], drop))
@@ -305,7 +305,7 @@ def export_ldm(module: SliceLDMModule, path: str | Path) -> Path:
         "role": "stage2 slice LDM", "text_encoder": text_stem.name,
         "vae": Path(hp.vae_path).name if hp.vae_path else None,
         "num_classes": hp.num_classes, "latent_channels": hp.latent_channels,
-        "scheduler": module.scheduler_args, "aug_max_t": hp.aug_max_t,
+        "scheduler": module.scheduler_args, "prev_noise_max_t": hp.prev_noise_max_t,
         "pooled_text": bool(hp.pooled_text), "weights": "ema" if ema else "raw",
         "class_embed": None, "class_embed_dim": int(hp.class_embed_dim),
         "input_layout": "x_t | prev_aug | mask fractions" + (" | text-painted class map" if hp.class_embed_dim else "")

@@ -124,7 +124,7 @@ def test_ldm_fit_exports_artifacts(tiny_stage2: dict[str, Path]) -> None:
     assert ldm_meta["class_embed"] == "ldm_classemb" and ldm_meta["class_embed_dim"] > 0
     inference = read_component_spec(tiny_stage2["ldm"])["inference"]  # phantom.yaml's inference defaults
     assert inference["noise_corr"] == 0.15 and inference["steps"] == 10 and inference["level_sigma"] == 3.0
-    assert inference["guidance"] == 1.05 and inference["prev_noise_t"] == 10  # tiny.yaml overrides aug_t only
+    assert inference["guidance"] == 1.05 and inference["prev_noise_t"] == 10  # tiny.yaml overrides prev_noise_t only
 
 
 def test_loaded_ldm_keeps_the_class_map_weights(tiny_stage2: dict[str, Path]) -> None:

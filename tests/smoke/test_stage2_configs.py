@@ -100,9 +100,9 @@ def test_shipped_weights_match_the_phantom_configs() -> None:
     assert meta["latent_channels"] == ldm_cfg["latent_channels"] == vae_spec["metadata"]["latent_channels"]
     assert ldm_spec["init_args"]["channels"] == ldm_cfg["unet_overrides"]["channels"]
     assert meta["vae"] == "stage2_vae_phantom" and meta["trained_steps"] == 8500
-    assert meta["aug_max_t"] == ldm_cfg["aug_max_t"]
+    assert meta["prev_noise_max_t"] == ldm_cfg["prev_noise_max_t"]
     inference = ldm_spec["inference"]
-    for key, cfg_key in (("prev_noise_t", "aug_t"), ("guidance", "guidance"), ("noise_corr", "noise_corr"),
+    for key, cfg_key in (("prev_noise_t", "prev_noise_t"), ("guidance", "guidance"), ("noise_corr", "noise_corr"),
                          ("steps", "sample_steps"), ("level_sigma", "level_sigma")):
         assert inference[key] == ldm_cfg[cfg_key], f"inference {key}: artifact {inference[key]} != config {ldm_cfg[cfg_key]}"
     for name in (meta["text_encoder"], meta["class_embed"]):
