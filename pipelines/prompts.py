@@ -74,10 +74,17 @@ def _rows(path: Path, text: str) -> list[tuple[int, dict[str, Any] | str]]:
             except json.JSONDecodeError as e:
                 out.append((i, f"not valid JSON ({e.msg} at column {e.colno})"))
         return out
-    reader = csv.DictReader(io.StringIO(text))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        return _csv_rows(path, reader)
+    except csv.Error as e:
+        raise PromptError([f"{path}:{reader.line_num}: not valid CSV ({e})"]) from None
+
+
+def _csv_rows(path: Path, reader: csv.DictReader) -> list[tuple[int, dict[str, Any] | str]]:
     if not reader.fieldnames or not ({"report", "findings"} & set(reader.fieldnames)):
         raise PromptError([f"{path}:1: header: needs a 'report' or 'findings' column, got {reader.fieldnames}"])
-    rows = []
+    rows: list[tuple[int, dict[str, Any] | str]] = []
     for row in reader:
         if None in row:
             rows.append((reader.line_num, f"more fields than the header has ({row[None]})"))

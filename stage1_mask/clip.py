@@ -10,37 +10,22 @@ parse time. At the end of `fit` the module exports `model.export_path` (see clip
 
 from __future__ import annotations
 
-import logging
+from lightning.pytorch.cli import LightningArgumentParser
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-
-from shared.runtime import add_runtime_arguments, apply_cli_runtime
+from shared.cli import GuideGenCLI, run_cli
 from stage1_mask.clip_module import ClipModule
 from stage1_mask.data import MaskDataModule
 
 
-class ClipCLI(LightningCLI):
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        add_runtime_arguments(parser)
+class ClipCLI(GuideGenCLI):
+    def add_links(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.grid", "model.grid", apply_on="parse")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        apply_cli_runtime(config)
 
 
 def main(args: list[str] | None = None, run: bool = True) -> ClipCLI:
     """Run the CLI; `args` instead of sys.argv (tests call this in-process)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return ClipCLI(
-        ClipModule,
-        MaskDataModule,
-        parser_kwargs={"parser_mode": "omegaconf"},
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-    )
+    return run_cli(ClipCLI, ClipModule, MaskDataModule, args, run)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,8 @@ import logging
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from shared.runtime import add_runtime_arguments, apply_cli_runtime
+from shared.cli import GuideGenCLI, run_cli
 from stage2_ct.data import SliceDataModule
 
 log = logging.getLogger(__name__)
@@ -27,13 +26,10 @@ def _artifact_exists(path: str | None) -> bool:
     return path is not None and Path(path).with_suffix(".safetensors").is_file()
 
 
-class Stage2CLI(LightningCLI):
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        add_runtime_arguments(parser)
-
+class Stage2CLI(GuideGenCLI):
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        apply_cli_runtime(config)
+        super().before_instantiate_classes()
+        config = self.subcommand_config()
         model = config["model"]
         if not str(model["class_path"]).endswith("SliceLDMModule"):
             return
@@ -70,13 +66,4 @@ def train_vae_first(vae_config: str | list[str], export_path: str | None,
 
 def main(args: list[str] | None = None, run: bool = True) -> Stage2CLI:
     """Run the CLI; `args` instead of sys.argv (tests call this in-process)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return Stage2CLI(
-        L.LightningModule,
-        SliceDataModule,
-        subclass_mode_model=True,
-        parser_kwargs={"parser_mode": "omegaconf"},
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-    )
+    return run_cli(Stage2CLI, L.LightningModule, SliceDataModule, args, run, subclass_mode_model=True)

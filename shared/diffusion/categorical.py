@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.diffusion.protocol import Generators, SamplingTimesteps, random_draw
-from shared.diffusion.schedules import alpha_bar_at, make_betas, unsqueeze_right
+from shared.diffusion.schedules import alpha_bar_at, unsqueeze_right
 
 __all__ = ["CategoricalScheduler", "sample_categorical", "to_onehot"]
 
@@ -82,13 +82,8 @@ class CategoricalScheduler(SamplingTimesteps, nn.Module):
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self.num_classes = num_classes
-        self.num_train_timesteps = num_train_timesteps
-        self.timestep_spacing = timestep_spacing
         self.final_argmax = final_argmax
-        betas = make_betas(schedule, num_train_timesteps, beta_start, beta_end)
-        self.register_buffer("betas", betas, persistent=False)  # (T,) float64
-        self.register_buffer("alpha_bar", torch.cumprod(1.0 - betas, 0), persistent=False)
-        self.set_timesteps(num_train_timesteps)
+        self.init_schedule(schedule, num_train_timesteps, beta_start, beta_end, timestep_spacing)
 
     # ---------------------------------------------------------------- coefficients
     def _abar(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:

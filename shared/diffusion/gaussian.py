@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from shared.diffusion.protocol import Generators, SamplingTimesteps, random_draw
-from shared.diffusion.schedules import alpha_bar_at, make_betas, unsqueeze_right
+from shared.diffusion.schedules import alpha_bar_at, unsqueeze_right
 
 __all__ = ["GaussianScheduler", "PREDICTION_TYPES"]
 
@@ -60,16 +60,11 @@ class GaussianScheduler(SamplingTimesteps, nn.Module):
             raise ValueError(f"prediction_type {prediction_type!r} not in {PREDICTION_TYPES}")
         if sampler not in ("ddim", "ddpm"):
             raise ValueError(f"sampler {sampler!r} must be 'ddim' or 'ddpm'")
-        self.num_train_timesteps = num_train_timesteps
         self.prediction_type = prediction_type
         self.sampler = sampler
         self.eta = eta
-        self.timestep_spacing = timestep_spacing
         self.clip_sample = clip_sample
-        betas = make_betas(schedule, num_train_timesteps, beta_start, beta_end)
-        self.register_buffer("betas", betas, persistent=False)  # (T,) float64
-        self.register_buffer("alpha_bar", torch.cumprod(1.0 - betas, 0), persistent=False)
-        self.set_timesteps(num_train_timesteps)
+        self.init_schedule(schedule, num_train_timesteps, beta_start, beta_end, timestep_spacing)
 
     # ---------------------------------------------------------------- coefficients
     def _abar(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:

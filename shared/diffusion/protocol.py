@@ -11,7 +11,7 @@ from typing import Protocol, Union, runtime_checkable
 
 import torch
 
-from shared.diffusion.schedules import make_timesteps
+from shared.diffusion.schedules import make_betas, make_timesteps
 
 Generators = Union[torch.Generator, Sequence[torch.Generator], None]
 """One generator for the whole batch, or one per sample (row i of every draw comes from
@@ -73,6 +73,17 @@ class SamplingTimesteps:
 
     Needs `num_train_timesteps` and `timestep_spacing` on the instance.
     """
+
+    def init_schedule(self, schedule: str, num_train_timesteps: int, beta_start: float, beta_end: float,
+                      timestep_spacing: str) -> None:
+        """The noise schedule as non-persistent float64 buffers `betas`, `alpha_bar` (T,), and all
+        T timesteps as the sampling ones (for an nn.Module scheduler)."""
+        self.num_train_timesteps = num_train_timesteps
+        self.timestep_spacing = timestep_spacing
+        betas = make_betas(schedule, num_train_timesteps, beta_start, beta_end)
+        self.register_buffer("betas", betas, persistent=False)  # (T,) float64
+        self.register_buffer("alpha_bar", torch.cumprod(1.0 - betas, 0), persistent=False)
+        self.set_timesteps(num_train_timesteps)
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         """Descending timesteps (n,); `step` at timesteps[i] goes to timesteps[i+1] (or -1)."""

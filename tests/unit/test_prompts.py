@@ -67,6 +67,14 @@ def test_every_bad_line_is_reported(tmp_path: Path) -> None:
         assert any(p.startswith(f"{f}:{line}:") and text in p for p in problems), (line, problems)
 
 
+def test_broken_csv_is_a_prompt_error(tmp_path: Path) -> None:
+    """Found by the fuzz test below: a lone carriage return inside a CSV field."""
+    f = tmp_path / "p.csv"
+    f.write_bytes(b"report\r\x00")
+    with pytest.raises(PromptError, match="p.csv:"):
+        read_prompts(f)
+
+
 def test_unknown_suffix_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(PromptError, match="unknown prompt format"):
         read_prompts(tmp_path / "p.yaml")
