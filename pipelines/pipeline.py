@@ -84,17 +84,23 @@ class GuideGenPipeline:
             (the largest component of every class always stays; 0 = off).
         default_phase: the contrast phase both stages are told when a report leaves it unknown
             (the phantom training data always has one; the case's `asked` findings keep "unknown").
+        stage1_batch: most masks per stage-1 sampling call (a larger batch is split; every case
+            has its own generator, so the split changes no output); larger stage-1 batches were
+            slower per mask on 2 CPU cores (docs/benchmarks.md, "Pipeline").
     """
 
     def __init__(self, mask_sampler: MaskSampler, slice_generator: SliceGenerator, labels: LabelTable,
                  ct_grid: Sequence[int], ct_affine: np.ndarray,
                  abstractor: Callable[[str], Findings] | None = None, clean_min_voxels: int = 8,
-                 default_phase: str = "portal_venous") -> None:
+                 default_phase: str = "portal_venous", stage1_batch: int = 4) -> None:
         self.mask_sampler, self.slice_generator, self.labels = mask_sampler, slice_generator, labels
         self.ct_grid, self.ct_affine = tuple(int(v) for v in ct_grid), np.asarray(ct_affine, dtype=np.float64)
         self.abstractor = abstractor or abstract_report
         self.clean_min_voxels = int(clean_min_voxels)
         self.default_phase = default_phase
+        if stage1_batch < 1:
+            raise ValueError(f"stage1_batch must be >= 1, got {stage1_batch}")
+        self.stage1_batch = int(stage1_batch)
         self.times = StageTimes()
         for name, k in (("stage 1", mask_sampler.num_classes), ("stage 2", slice_generator.num_classes)):
             if k != labels.num_classes:
@@ -131,8 +137,10 @@ class GuideGenPipeline:
                      bf16: bool | None = None) -> torch.Tensor:
         """Labels on the CT grid (B, X, Y, Z) uint8 (on the CPU) for the findings."""
         t0 = time.perf_counter()
-        probs = sample_masks(self.mask_sampler, [self.conditioning(f) for f in findings], list(generators), steps=steps, guidance=guidance,
-                             bf16=bf16)  # (B, K, x, y, z)
+        told, gens, n = [self.conditioning(f) for f in findings], list(generators), self.stage1_batch
+        probs = torch.cat([sample_masks(self.mask_sampler, told[i : i + n], gens[i : i + n], steps=steps,
+                                        guidance=guidance, bf16=bf16)
+                           for i in range(0, len(told), n)])  # (B, K, x, y, z)
         self.times.stage1 += time.perf_counter() - t0
         t0 = time.perf_counter()
         probs = self._clean(probs.float().cpu())

@@ -191,3 +191,22 @@ def test_killed_run_resumes_to_complete_cases(tiny_bundle: Path, tmp_path: Path,
     assert [r["case_id"] for r in rows] == ["p0001", "p0002", "p0003"]
     for cid in ("p0001", "p0002", "p0003"):
         assert sitk.ReadImage(str(out / f"cases/{cid}/ct.nii.gz")).GetSize() == (32, 32, 16)
+
+
+def test_stage1_sub_batches_change_no_output(tiny_bundle: Path) -> None:
+    """GuideGenPipeline samples stage 1 in calls of at most `stage1_batch` masks: with one
+    generator per case, 1 per call and 4 per call give the same labels (fp32)."""
+    import torch
+
+    from pipelines.pipeline import GuideGenPipeline
+
+    pipe = GuideGenPipeline.from_bundle(tiny_bundle)
+    labels = {}
+    for n in (1, 4):
+        pipe.stage1_batch = n
+        gens = [torch.Generator().manual_seed(i) for i in range(3)]
+        labels[n] = pipe.sample_masks(pipe.findings_of(PROMPTS[:3]), gens, steps=2, bf16=False)
+    assert labels[1].shape == (3, 32, 32, 16) and torch.equal(labels[1], labels[4])
+    with pytest.raises(ValueError, match="stage1_batch"):
+        GuideGenPipeline(pipe.mask_sampler, pipe.slice_generator, pipe.labels, pipe.ct_grid, pipe.ct_affine,
+                         stage1_batch=0)
