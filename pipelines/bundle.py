@@ -26,6 +26,7 @@ import yaml
 from shared.data.transforms import HU_MAX, HU_MIN
 from shared.io.artifact import artifact_stem, read_component_spec
 from shared.io.atomic import write_text_atomic
+from shared.io.nifti import centred_affine
 from shared.labels import LabelTable, default_labels
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,7 @@ class Bundle:
 
     def ct_affine(self) -> np.ndarray:
         """(4, 4) RAS+ voxel -> world mm of the CT grid: diagonal spacing, centred at world 0."""
-        aff = np.eye(4)
-        for k, (n, s) in enumerate(zip(self.ct_grid, self.ct_spacing, strict=True)):
-            aff[k, k], aff[k, 3] = s, -0.5 * (n - 1) * s
-        return aff
+        return centred_affine(self.ct_grid, self.ct_spacing)
 
 
 def find_bundle(path: str | Path | None = None) -> Path:

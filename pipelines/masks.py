@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from shared.io.nifti import NiftiError, read_nifti, to_sitk
+from shared.io.nifti import NiftiError, centred_affine, read_nifti, to_sitk
 from shared.label_maps import LabelMap
 
 
@@ -31,16 +31,6 @@ class MaskCase:
     affine: np.ndarray  # the input's voxel -> world (RAS) affine
     model_labels: np.ndarray  # (X, Y, Z) uint8 on the model grid
     model_affine: np.ndarray
-
-
-def model_reference(grid: tuple[int, int, int], spacing: tuple[float, float, float],
-                    centre_mm: np.ndarray) -> np.ndarray:
-    """RAS affine of the model grid centred at world point `centre_mm` (RAS, mm)."""
-    aff = np.eye(4)
-    for k in range(3):
-        aff[k, k] = spacing[k]
-        aff[k, 3] = centre_mm[k] - 0.5 * (grid[k] - 1) * spacing[k]
-    return aff
 
 
 def labelled_centre(labels: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -75,7 +65,7 @@ def load_mask(path: str | Path, label_map: LabelMap, grid: tuple[int, int, int],
     if raw.min() < 0:
         raise NiftiError(f"{path}: negative label value {int(raw.min())}")
     labels = label_map.apply(raw, str(path))
-    model_affine = model_reference(grid, spacing, labelled_centre(labels, affine))
+    model_affine = centred_affine(grid, spacing, labelled_centre(labels, affine))
     model = resample(labels, affine, grid, model_affine, nearest=True, fill=0).astype(np.uint8)
     return MaskCase(path, tuple(labels.shape), affine, model, model_affine)
 

@@ -119,7 +119,7 @@ def mask_cases(args: argparse.Namespace, pipe: Any, abstractor: Any) -> tuple[li
     """--masks: one case per label file, every file read, mapped and checked before anything is
     generated (PromptError lists every problem). Findings: read from the mask on the model grid,
     phase and liver from --report (default portal venous, normal)."""
-    from shared.io.nifti import NiftiError
+    from shared.io.nifti import NiftiError, voxel_spacing
     from shared.label_maps import LabelMapError, identity_map, load_label_map
     from shared.text.volume import findings_from_volume
 
@@ -137,7 +137,7 @@ def mask_cases(args: argparse.Namespace, pipe: Any, abstractor: Any) -> tuple[li
             problems.append(f"{path}: the file name gives case id {cid!r}, which must match [A-Za-z0-9_-]{{1,64}}")
             continue
         try:
-            m = load_mask(path, label_map, pipe.ct_grid, tuple(float(v) for v in np.diag(pipe.ct_affine)[:3]))
+            m = load_mask(path, label_map, pipe.ct_grid, tuple(voxel_spacing(pipe.ct_affine)))
         except (NiftiError, LabelMapError) as e:
             problems.append(str(e))
             continue

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from shared.io.nifti import centred_affine
+
 Box = tuple[slice, slice, slice]
 
 
@@ -27,11 +29,7 @@ class PhantomGrid:
 
     def affine(self) -> np.ndarray:
         """(4, 4) float64 RAS+ voxel -> world (mm); diagonal = spacing; volume centred at 0."""
-        aff = np.eye(4)
-        for k in range(3):
-            aff[k, k] = self.spacing[k]
-            aff[k, 3] = -0.5 * (self.shape[k] - 1) * self.spacing[k]
-        return aff
+        return centred_affine(self.shape, self.spacing)
 
     def axes_mm(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """World coordinates (mm) of the voxel centres along X, Y and Z (three 1-D float32 arrays)."""

@@ -135,6 +135,17 @@ def reorient_to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, 
     return out, new_affine
 
 
+def centred_affine(shape: tuple[int, ...], spacing: tuple[float, ...],
+                   centre_mm: tuple[float, float, float] | np.ndarray = (0.0, 0.0, 0.0)) -> np.ndarray:
+    """(4, 4) float64 RAS+ voxel -> world (mm) of an axis-aligned grid: diagonal = spacing, the
+    grid's centre at world point `centre_mm`."""
+    aff = np.eye(4)
+    for k in range(3):
+        aff[k, k] = spacing[k]
+        aff[k, 3] = centre_mm[k] - 0.5 * (shape[k] - 1) * spacing[k]
+    return aff
+
+
 def voxel_spacing(affine: np.ndarray) -> np.ndarray:
     """Voxel size in mm along each array axis."""
     return np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
