@@ -2,7 +2,7 @@
 
 The slice LDM draws every slice's coarse intensities anew, so an organ's mean HU wanders from slice
 to slice (the liver by ~5 HU between adjacent slices where the phantom's wanders by 1.5;
-docs/stage2.md "Organ level harmonisation"). `harmonize_levels` moves each labelled organ of each
+research/stage2_log.md "Organ level harmonisation"). `harmonize_levels` moves each labelled organ of each
 slice by one offset towards a Gaussian-smoothed (along z) course of that organ's per-slice mean:
 
     m_k = mean HU of the organ's interior in slice k                      (n_k voxels)

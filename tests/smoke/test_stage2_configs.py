@@ -1,5 +1,5 @@
 """Every committed stage-2 config stack parses through the CLI, and the recipes resolve to what
-their comments and docs/stage2.md say they run."""
+their comments and research/stage2_log.md say they run."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_config_stack_parses(kind: str, extra: list[str]) -> None:
 
 
 def test_shipped_pair_resolves_as_documented() -> None:
-    """The phantom base configs are the shipped pair's recipe (docs/stage2.md): the 12-channel VAE
+    """The phantom base configs are the shipped pair's recipe (research/stage2_log.md): the 12-channel VAE
     (soft-tissue weight 8, lr 2e-3) with one cosine over 6,500 steps, the LDM on exactly that
     artifact with one cosine over 8,500 steps, both channels-last."""
     cfg = resolved("vae", [])
